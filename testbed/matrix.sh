@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# matrix.sh [CASE...] [-- COMMAND...]: runs test-bed cases, one guest boot each, one line per case.
+#   matrix.sh                  every case, each asserting what its kernel exposes
+#   matrix.sh CASE             one case
+#   matrix.sh CASE -- COMMAND  any command in that case's guest (output streams; exit status is the command's)
+#   matrix.sh --list           the cases
+# Environment: VM_VERBOSE=1 streams each case's guest output too (it is always kept in the run dir).
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+G=$TESTBED_DIR/guest
+E=0000:00:10.0      # QEMU's edu device, bound to vfio-pci by the guest's init
+MTTY_UUID=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
+
+# Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options) and CHECK (the guest's assertions).
+# Guest commands see the checkout as their working directory and $VFIO_PROBE, a C witness (guest/vfio-probe.c).
+case_stock-6.1-intel() { KERNEL=stock-6.1 IOMMU=intel
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
+	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
+case_stock-6.12-intel() { KERNEL=stock-6.12 IOMMU=intel
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
+	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
+case_iommufd-6.12-intel() { KERNEL=iommufd-6.12 IOMMU=intel
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=yes cdev=yes iommu=yes
+	       && $G/expect-probe.sh iommufd $E ok && $G/expect-probe.sh legacy $E ok"; }
+# What a container handed only the group node sees; "iommufd not loaded" is no real state (vfio needs it).
+case_iommufd-6.12-hidden-iommu() { KERNEL=iommufd-6.12 IOMMU=intel VM_ARGS=(--append vmt.hide=/dev/iommu)
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node cdev=yes iommu=no
+	       && $G/expect-probe.sh iommufd $E open-iommu ENOENT && $G/expect-probe.sh legacy $E ok"; }
+case_iommufd-6.12-noiommu() { KERNEL=iommufd-6.12 IOMMU=noiommu
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=noiommu vfio_dev=yes vfio_dev_attr=no cdev=no iommu=yes
+	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-cdev ENOENT"; }
+case_iommufd-6.12-virtio() { KERNEL=iommufd-6.12 IOMMU=virtio
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev_attr=yes cdev=yes iommu=yes
+	       && $G/expect-probe.sh iommufd $E ok && $G/expect-probe.sh legacy $E ok"; }
+# x86 virtio-iommu has no MSI isolation: without allow_unsafe_interrupts both routes answer EPERM.
+case_iommufd-6.12-virtio-strict() { KERNEL=iommufd-6.12 IOMMU=virtio-strict
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node cdev=yes iommu=yes
+	       && $G/expect-probe.sh iommufd $E VFIO_DEVICE_BIND_IOMMUFD EPERM
+	       && $G/expect-probe.sh legacy $E VFIO_SET_IOMMU EPERM"; }
+# No IOMMU: vfio-pci cannot take edu, but an mdev (the mtty sample) is a VFIO device that needs none.
+case_iommufd-6.12-mtty() { KERNEL=iommufd-6.12 IOMMU=none
+	CHECK="$G/check-exposed.sh $E driver=none group=none
+	       && echo $MTTY_UUID > /sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2/create
+	       && $G/check-exposed.sh /sys/bus/mdev/devices/$MTTY_UUID group=node vfio_dev_attr=yes cdev=yes iommu=yes
+	       && $G/expect-probe.sh iommufd /sys/bus/mdev/devices/$MTTY_UUID ok
+	       && $G/expect-probe.sh legacy /sys/bus/mdev/devices/$MTTY_UUID ok"; }
+ALL=(stock-6.1-intel stock-6.12-intel iommufd-6.12-intel iommufd-6.12-hidden-iommu iommufd-6.12-noiommu
+     iommufd-6.12-virtio iommufd-6.12-virtio-strict iommufd-6.12-mtty)
+
+load_case() { KERNEL="" IOMMU="" VM_ARGS=() CHECK=""
+	declare -F "case_$1" >/dev/null || die "unknown case '$1' (matrix.sh --list shows the cases)"
+	"case_$1"
+	CHECK=${CHECK//$'\n'/ }; }   # the definitions above wrap lines for reading
+
+cases=() cmd=()
+while [ $# -gt 0 ]; do
+	case $1 in
+		--list) printf '%s\n' "${ALL[@]}"; exit 0 ;;
+		--) shift; cmd=("$@"); break ;;
+		*) cases+=("$1"); shift ;;
+	esac
+done
+[ ${#cases[@]} -gt 0 ] || cases=("${ALL[@]}")
+for c in "${cases[@]}"; do load_case "$c"; done     # fail fast on a misspelt case
+
+"$TESTBED_DIR/setup-host.sh"
+PROBE=$("$TESTBED_DIR/build-probe.sh")
+# Fetch and build every kernel first, so the boots below are timed alone.
+for k in $(for c in "${cases[@]}"; do load_case "$c"; echo "$KERNEL"; done | sort -u); do
+	"$TESTBED_DIR/kernel.sh" "$k" >/dev/null || die "kernel $k is not available"
+done
+
+if [ ${#cmd[@]} -gt 0 ]; then
+	[ ${#cases[@]} = 1 ] || die "a command runs in exactly one case"
+	load_case "${cases[0]}"
+	exec "$TESTBED_DIR/run-vm.sh" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+		--env "VFIO_PROBE=$PROBE" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
+fi
+
+failed=() t0=$(date +%s)
+for c in "${cases[@]}"; do
+	load_case "$c"
+	s=$(date +%s.%N) log=$(mktemp)
+	if [ "${VM_VERBOSE:-0}" = 1 ]; then
+		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+	else
+		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" > "$log" 2>&1; rc=$?
+	fi
+	t=$(printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)")
+	if [ $rc = 0 ]; then
+		printf 'PASS  %-32s %6ss\n' "$c" "$t"
+	else
+		printf 'FAIL  %-32s %6ss  (exit %s)\n' "$c" "$t" "$rc"
+		[ "${VM_VERBOSE:-0}" = 1 ] || sed 's/^/      | /' "$log"
+		failed+=("$c")
+	fi
+	rm -f "$log"
+done
+echo "${#cases[@]} cases, ${#failed[@]} failed, $(( $(date +%s) - t0 ))s"
+[ ${#failed[@]} = 0 ]
