@@ -89,7 +89,7 @@ start=$(date +%s.%N)
 vm=$!
 tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stdout" 2>/dev/null &
 t1=$!
-tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stderr" 2>/dev/null >&2 &
+tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stderr" >&2 2>/dev/null &
 t2=$!
 wait $vm
 wait $t1 $t2 2>/dev/null

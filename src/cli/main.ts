@@ -1,0 +1,168 @@
+// The `vfio-bind` command line: a thin shell over the library. Every failure ends as one message (or,
+// with --json, one JSON document on stdout) and a documented exit code; never a stack trace.
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { ExitCode, UsageError, VfioError } from '../errors.js';
+import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
+import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
+import { nativeKernel, openDevice } from '../index.js';
+import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
+import { formatError, formatList, formatRegions, formatReport, type ListedDevice } from './format.js';
+
+const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
+
+interface Common {
+  json: boolean;
+  'log-level'?: LogLevel;
+  verbose: number;
+}
+
+function out(text: string): void {
+  process.stdout.write(`${text}\n`);
+}
+
+async function logger(argv: Common): Promise<Logger> {
+  const level: LogLevel = argv['log-level'] ?? (argv.verbose >= 2 ? 'debug' : argv.verbose === 1 ? 'info' : 'silent');
+  return createStderrLogger(level);
+}
+
+/** Runs a command; maps every error to a message and an exit code. */
+async function run(argv: Common, body: () => Promise<void> | void): Promise<void> {
+  try {
+    await body();
+  } catch (e) {
+    process.exitCode = report(e, argv);
+  }
+}
+
+function report(e: unknown, argv: Common): number {
+  if (e instanceof VfioError) {
+    if (argv.json) out(JSON.stringify(e.toJSON(), null, 2));
+    else process.stderr.write(`${formatError(e)}\n`);
+    return e.exitCode;
+  }
+  const message = e instanceof Error ? e.message : String(e);
+  if (argv.json) out(JSON.stringify({ error: 'internal', message, exit_code: ExitCode.INTERNAL }, null, 2));
+  else process.stderr.write(`vfio-bind: internal error: ${message}\n  hint: run again with --log-level debug, and report it with that output\n`);
+  if (argv['log-level'] === 'debug' || argv['log-level'] === 'trace') process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
+  return ExitCode.INTERNAL;
+}
+
+function routeOption<T>(y: Argv<T>) {
+  return y.option('route', {
+    choices: ROUTE_POLICIES as RoutePolicy[],
+    default: 'auto' as RoutePolicy,
+    describe: 'auto: iommufd, falling back to legacy where iommufd is unavailable; iommufd or legacy: that route only',
+  });
+}
+
+function listCommand(argv: Common): void {
+  const kernel = nativeKernel();
+  const devices: ListedDevice[] = listDevices(kernel).map((loc) => ({
+    device: loc.name,
+    bus: loc.bus,
+    driver: loc.driver,
+    group: loc.group?.id ?? null,
+    noiommu: loc.group?.noiommu ?? false,
+    cdev: loc.cdev?.devnum ? loc.cdev.name : null,
+    routes: visibleRoutes(kernel, loc),
+    viable: (loc.group?.blockers.length ?? 0) === 0,
+  }));
+  const why = devices.length === 0 ? whyNoVfio(kernel) : null;
+  if (argv.json) {
+    out(JSON.stringify({ devices, ...(why ? { none_because: why } : {}) }, null, 2));
+  } else if (why) {
+    out(`No VFIO devices: ${why}.`);
+  } else {
+    out(formatList(devices));
+  }
+}
+
+async function bindCommand(argv: Common & { device: string; route: RoutePolicy; hold: boolean }): Promise<void> {
+  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv) });
+  try {
+    out(argv.json ? JSON.stringify(device.report, null, 2) : formatReport(device.report));
+    if (argv.hold) await holdUntilSignal(device.name);
+  } finally {
+    device.close();
+  }
+}
+
+function holdUntilSignal(name: string): Promise<void> {
+  process.stderr.write(`holding ${name}; press Ctrl-C (or send SIGTERM) to release it\n`);
+  return new Promise((resolve) => {
+    const done = (): void => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
+}
+
+async function infoCommand(argv: Common & { device: string; route: RoutePolicy }): Promise<void> {
+  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv) });
+  try {
+    const info = device.info();
+    const regions = device.regions();
+    const pci = info.flags.includes('PCI')
+      ? { vendor: device.readConfig(0x00, 2), device: device.readConfig(0x02, 2), class: device.readConfig(0x08, 4) >>> 8 }
+      : null;
+    if (argv.json) {
+      out(JSON.stringify({
+        report: device.report,
+        ...(pci ? { pci: { vendor: hex(pci.vendor, 4), device: hex(pci.device, 4), class: hex(pci.class, 6) } } : {}),
+        regions: regions.map((r) => ({ ...r, size: r.size.toString(), offset: r.offset.toString(),
+          sparseMmap: r.sparseMmap?.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })) ?? null })),
+      }, null, 2));
+    } else {
+      out(formatReport(device.report));
+      if (pci) out(`  pci:    ${hex(pci.vendor, 4)}:${hex(pci.device, 4)} class ${hex(pci.class, 6)}`);
+      out('');
+      out(formatRegions(regions.filter((r) => r.size > 0n)));
+    }
+  } finally {
+    device.close();
+  }
+}
+
+const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
+
+export async function main(args: string[]): Promise<void> {
+  let failed: Common | null = null;
+  const parser = yargs(args)
+    .scriptName('vfio-bind')
+    .usage('$0 <command> [options]\n\nBinds PCI and mdev devices through VFIO: iommufd first, the legacy container where iommufd is unavailable.')
+    .option('json', { type: 'boolean', default: false, describe: 'print one JSON document on stdout' })
+    .option('log-level', { choices: LOG_LEVELS as LogLevel[], describe: 'pino log level of the structured log on stderr' })
+    .option('verbose', { alias: 'v', type: 'count', describe: 'log steps on stderr (-v info, -vv debug: every ioctl)' })
+    .command('list', 'list devices bound to VFIO or VFIO-capable, with the routes that look available', {}, (a) =>
+      run(a as unknown as Common, () => listCommand(a as unknown as Common)))
+    .command('bind <device>', 'bind a device and report the route taken and why',
+      (y) => routeOption(y)
+        .positional('device', { type: 'string', demandOption: true, describe: 'PCI address, sysfs path, /dev/vfio/devices/vfioN or mdev UUID' })
+        .option('hold', { type: 'boolean', default: false, describe: 'keep the device bound until Ctrl-C' }),
+      (a) => run(a as unknown as Common, () => bindCommand(a as never)))
+    .command('info <device>', 'bind a device and show its flags, regions and PCI ids',
+      (y) => routeOption(y).positional('device', { type: 'string', demandOption: true }),
+      (a) => run(a as unknown as Common, () => infoCommand(a as never)))
+    .demandCommand(1, 'name a command: list, bind or info')
+    .strict()
+    .version()
+    .help()
+    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused')
+    .exitProcess(false)
+    .fail((msg, err) => {
+      failed = { json: args.includes('--json'), verbose: 0 };
+      const e = err instanceof VfioError ? err : new UsageError(msg ?? err?.message ?? 'invalid command line');
+      process.exitCode = report(e, failed);
+      if (!failed.json && !(err instanceof VfioError)) process.stderr.write('  (vfio-bind --help shows the commands)\n');
+    });
+  await parser.parseAsync();
+}
+
+// Run directly (node dist/src/cli/main.js) as well as through bin/vfio-bind.js.
+if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+  await main(hideBin(process.argv));
+}

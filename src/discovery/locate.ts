@@ -1,0 +1,201 @@
+// sysfs and /dev discovery: from a device spec to everything the routes need to know, read without
+// opening any VFIO node (opening one changes ownership; see routes/select.ts).
+import { DeviceNotFoundError, UsageError } from '../errors.js';
+import type { Kernel } from '../sys/kernel.js';
+import { parseDeviceSpec, printable, type DeviceSpec } from './spec.js';
+
+export interface GroupMember {
+  /** PCI address or mdev UUID */
+  name: string;
+  driver: string | null;
+  /** may share the group with a device assigned through VFIO (see vfioSafeDriver) */
+  vfioSafe: boolean;
+}
+
+export interface GroupLocation {
+  id: number;
+  /** /dev/vfio/N, or /dev/vfio/noiommu-N for a group the kernel runs without an IOMMU */
+  node: string;
+  noiommu: boolean;
+  members: GroupMember[];
+  /** the members that keep the group from being viable: bound to a driver that is not VFIO-safe */
+  blockers: GroupMember[];
+}
+
+export interface CdevLocation {
+  /** vfioN, the name under the device's sysfs vfio-dev/ */
+  name: string;
+  /** the cdev's device number from vfio-dev/vfioN/dev, or null when the kernel has no cdev for it */
+  devnum: { major: number; minor: number } | null;
+  /** nodes to try, in order; each is used only if its st_rdev matches devnum */
+  nodes: string[];
+}
+
+export interface DeviceLocation {
+  spec: string;
+  /** PCI address or mdev UUID: the name VFIO_GROUP_GET_DEVICE_FD takes */
+  name: string;
+  bus: 'pci' | 'mdev';
+  sysfsPath: string;
+  driver: string | null;
+  group: GroupLocation | null;
+  cdev: CdevLocation | null;
+}
+
+const SYS_DEVICES = '/sys/devices/';
+const PCI_ADDRESS = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Drivers that may hold a device in a group assigned through VFIO: VFIO's own (vfio-pci and its
+ * variants, mdev parents' vendor drivers bind the mdev itself) and the ones the kernel marks
+ * driver_managed_dma (pci-stub, pcieport). Anything else makes the group not viable.
+ */
+export function vfioSafeDriver(driver: string | null): boolean {
+  return driver === null || driver.startsWith('vfio') || driver === 'pci-stub' || driver === 'pcieport';
+}
+
+const tail = (path: string): string => path.slice(path.lastIndexOf('/') + 1);
+
+function tryReadlinkTail(kernel: Kernel, path: string): string | null {
+  try {
+    return tail(kernel.readlink(path));
+  } catch {
+    return null;
+  }
+}
+
+/** Resolves a spec to its sysfs device directory (under /sys/devices) or throws. */
+function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
+  let candidate: string;
+  switch (spec.kind) {
+    case 'pci': candidate = `/sys/bus/pci/devices/${spec.address}`; break;
+    case 'mdev': candidate = `/sys/bus/mdev/devices/${spec.uuid}`; break;
+    case 'cdev': candidate = `/sys/class/vfio-dev/${spec.name}/device`; break;
+    case 'sysfs': candidate = spec.path; break;
+  }
+  let real: string;
+  try {
+    real = kernel.realpath(candidate);
+  } catch {
+    throw new DeviceNotFoundError(`no device ${printable(raw)}: ${candidate} does not exist`, {
+      path: candidate,
+      errno: 'ENOENT',
+      hint: spec.kind === 'cdev'
+        ? 'list the VFIO devices with `vfio-bind list`'
+        : 'check the address with `lspci -D` or `vfio-bind list`',
+    });
+  }
+  // A symlink under /sys/bus may point anywhere a malicious or confused caller arranged; only real
+  // device directories are accepted.
+  if (!real.startsWith(SYS_DEVICES)) {
+    throw new UsageError(`invalid device ${printable(raw)}: ${candidate} resolves to ${real}, outside ${SYS_DEVICES}`);
+  }
+  return real;
+}
+
+function readGroup(kernel: Kernel, sysfsPath: string): GroupLocation | null {
+  const groupId = tryReadlinkTail(kernel, `${sysfsPath}/iommu_group`);
+  if (groupId === null || !/^[0-9]+$/.test(groupId)) return null;
+  const id = Number(groupId);
+  const plain = `/dev/vfio/${id}`;
+  const noiommuNode = `/dev/vfio/noiommu-${id}`;
+  // The node name is the kernel's own statement: noiommu-N for a group VFIO runs without an IOMMU.
+  // (The group's sysfs name, "vfio-noiommu", is shared by emulated mdev groups, whose node is N.)
+  const noiommu = !kernel.exists(plain) && kernel.exists(noiommuNode);
+  let names: string[] = [];
+  try {
+    names = kernel.readdir(`/sys/kernel/iommu_groups/${id}/devices`).sort();
+  } catch {
+    // A group without a devices/ directory lists no members; the routes will tell what is wrong.
+  }
+  const members = names.map((name) => {
+    const driver = tryReadlinkTail(kernel, `/sys/kernel/iommu_groups/${id}/devices/${name}/driver`);
+    return { name, driver, vfioSafe: vfioSafeDriver(driver) };
+  });
+  return { id, node: noiommu ? noiommuNode : plain, noiommu, members, blockers: members.filter((m) => !m.vfioSafe) };
+}
+
+function readCdev(kernel: Kernel, sysfsPath: string): CdevLocation | null {
+  let entries: string[];
+  try {
+    entries = kernel.readdir(`${sysfsPath}/vfio-dev`);
+  } catch {
+    return null;
+  }
+  const name = entries.find((e) => /^vfio[0-9]+$/.test(e));
+  if (!name) return null;
+  let devnum: CdevLocation['devnum'] = null;
+  try {
+    const m = /^([0-9]+):([0-9]+)$/.exec(kernel.readText(`${sysfsPath}/vfio-dev/${name}/dev`));
+    if (m) devnum = { major: Number(m[1]), minor: Number(m[2]) };
+  } catch {
+    // No `dev` attribute: the kernel has no cdev for this device (no VFIO_DEVICE_CDEV, or noiommu).
+  }
+  const nodes = [`/dev/vfio/devices/${name}`];
+  if (devnum) nodes.push(`/dev/char/${devnum.major}:${devnum.minor}`);
+  return { name, devnum, nodes };
+}
+
+/** Everything the routes need about one device, from sysfs and /dev, without opening VFIO nodes. */
+export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
+  const spec = parseDeviceSpec(rawSpec);
+  const sysfsPath = resolveSysfs(kernel, spec, rawSpec);
+  const name = tail(sysfsPath);
+  const subsystem = tryReadlinkTail(kernel, `${sysfsPath}/subsystem`);
+  let bus: DeviceLocation['bus'];
+  if (subsystem === 'pci' && PCI_ADDRESS.test(name)) bus = 'pci';
+  else if (subsystem === 'mdev' && UUID.test(name)) bus = 'mdev';
+  else {
+    throw new UsageError(`${printable(rawSpec)} is not a PCI or mdev device (${sysfsPath}, bus ${subsystem ?? 'unknown'})`);
+  }
+  return {
+    spec: rawSpec,
+    name,
+    bus,
+    sysfsPath,
+    driver: tryReadlinkTail(kernel, `${sysfsPath}/driver`),
+    group: readGroup(kernel, sysfsPath),
+    cdev: readCdev(kernel, sysfsPath),
+  };
+}
+
+/** Devices VFIO could take or holds: everything with a vfio-dev entry or an IOMMU group, PCI and mdev. */
+export function listDevices(kernel: Kernel): DeviceLocation[] {
+  const found: DeviceLocation[] = [];
+  for (const [dir, bus] of [['/sys/bus/pci/devices', 'pci'], ['/sys/bus/mdev/devices', 'mdev']] as const) {
+    let names: string[] = [];
+    try {
+      names = kernel.readdir(dir).sort();
+    } catch {
+      continue; // no such bus here
+    }
+    for (const name of names) {
+      try {
+        const loc = locateDevice(kernel, bus === 'pci' ? name : name.toLowerCase());
+        if (loc.driver?.startsWith('vfio') || loc.cdev || loc.bus === 'mdev') found.push(loc);
+      } catch {
+        // A device that vanished while we looked is simply not listed.
+      }
+    }
+  }
+  return found;
+}
+
+/** Which routes look usable for a located device, from the nodes that exist (nothing is opened). */
+export function visibleRoutes(kernel: Kernel, loc: DeviceLocation): { iommufd: boolean; legacy: boolean } {
+  return {
+    iommufd: loc.cdev?.devnum != null && kernel.exists('/dev/iommu') && loc.cdev.nodes.some((n) => kernel.exists(n)),
+    legacy: loc.group !== null && kernel.exists('/dev/vfio/vfio') && kernel.exists(loc.group.node),
+  };
+}
+
+/** Why a host shows no VFIO device, in one sentence. */
+export function whyNoVfio(kernel: Kernel): string {
+  if (!kernel.exists('/sys/bus/pci/devices')) return 'this system has no PCI bus in sysfs';
+  if (!kernel.exists('/dev/vfio')) return 'the VFIO modules are not loaded (no /dev/vfio): modprobe vfio-pci';
+  if (!kernel.exists('/sys/class/iommu') || kernel.readdir('/sys/class/iommu').length === 0) {
+    return 'no device is bound to a VFIO driver, and no IOMMU is enabled (nothing in /sys/class/iommu)';
+  }
+  return 'no device is bound to a VFIO driver (bind one with `vfio-bind driver <device> --to vfio-pci`)';
+}

@@ -1,0 +1,145 @@
+// Typed errors. Every failure a user can meet is a VfioError: what went wrong (its class and `kind`),
+// the errno the kernel answered, the route and step, the path or ioctl, and a hint saying what to do.
+// The CLI maps `exitCode` to its exit status and never prints a stack trace.
+
+export type RouteName = 'iommufd' | 'legacy';
+
+/** CLI exit statuses (documented in the README). */
+export const ExitCode = {
+  OK: 0,
+  INTERNAL: 1,
+  USAGE: 2,
+  NOT_FOUND: 3,
+  BUSY: 4,
+  PERMISSION: 5,
+  NO_ROUTE: 6,
+  KERNEL_REFUSED: 7,
+} as const;
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** One kernel answer on the way: which route, which step, which errno. */
+export interface Attempt {
+  route: RouteName;
+  step: string;
+  errno: string | null;
+  path?: string;
+  message?: string;
+}
+
+export interface VfioErrorDetails {
+  errno?: string | null;
+  step?: string;
+  route?: RouteName;
+  path?: string;
+  hint?: string;
+  /** the kernel answers that led here, first to last (a fallback's original error comes first) */
+  attempts?: Attempt[];
+  cause?: unknown;
+}
+
+export abstract class VfioError extends Error {
+  abstract readonly kind: string;
+  abstract readonly exitCode: ExitCodeValue;
+  readonly errno: string | null;
+  readonly step: string | undefined;
+  readonly route: RouteName | undefined;
+  readonly path: string | undefined;
+  readonly hint: string | undefined;
+  readonly attempts: Attempt[];
+
+  constructor(message: string, details: VfioErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = new.target.name;
+    this.errno = details.errno ?? null;
+    this.step = details.step;
+    this.route = details.route;
+    this.path = details.path;
+    this.hint = details.hint;
+    this.attempts = details.attempts ?? [];
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      error: this.kind,
+      message: this.message,
+      errno: this.errno,
+      route: this.route ?? null,
+      step: this.step ?? null,
+      path: this.path ?? null,
+      hint: this.hint ?? null,
+      attempts: this.attempts,
+      exit_code: this.exitCode,
+    };
+  }
+}
+
+/** The device spec or an option is malformed. */
+export class UsageError extends VfioError {
+  readonly kind = 'usage';
+  readonly exitCode = ExitCode.USAGE;
+}
+
+/** No such device, or it is not bound to a VFIO driver, or its IOMMU group is not fully VFIO's. */
+export class DeviceNotFoundError extends VfioError {
+  readonly kind = 'not-found';
+  readonly exitCode = ExitCode.NOT_FOUND;
+}
+export class NotVfioDeviceError extends VfioError {
+  readonly kind = 'not-vfio';
+  readonly exitCode = ExitCode.NOT_FOUND;
+}
+export class GroupNotViableError extends VfioError {
+  readonly kind = 'group-not-viable';
+  readonly exitCode = ExitCode.NOT_FOUND;
+}
+
+/** Someone else (another process, or another context of this one) owns the device or its group. */
+export class DeviceBusyError extends VfioError {
+  readonly kind = 'busy';
+  readonly exitCode = ExitCode.BUSY;
+}
+
+export class PermissionDeniedError extends VfioError {
+  readonly kind = 'permission';
+  readonly exitCode = ExitCode.PERMISSION;
+}
+
+/** The kernel or the IOMMU lacks what every allowed route needs (no iommufd, no IOMMU, no MSI isolation). */
+export class NoRouteError extends VfioError {
+  readonly kind = 'no-route';
+  readonly exitCode = ExitCode.NO_ROUTE;
+}
+
+/** The kernel refused an operation on a device we own (after bind), or answered what we cannot explain. */
+export class KernelError extends VfioError {
+  readonly kind = 'kernel-refused';
+  readonly exitCode = ExitCode.KERNEL_REFUSED;
+}
+
+/** An operation on a closed device or context: a programming error in the caller. */
+export class ClosedError extends VfioError {
+  readonly kind = 'closed';
+  readonly exitCode = ExitCode.INTERNAL;
+}
+
+/**
+ * What a route step throws before the policy (routes/select.ts) decides what it means: fall back, or
+ * become one of the public errors above.
+ */
+export class StepError extends Error {
+  constructor(
+    readonly route: RouteName,
+    readonly step: string,
+    readonly errno: string | null,
+    message: string,
+    readonly path?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'StepError';
+  }
+
+  get attempt(): Attempt {
+    return { route: this.route, step: this.step, errno: this.errno, ...(this.path ? { path: this.path } : {}), message: this.message };
+  }
+}

@@ -1,0 +1,53 @@
+// vfio-bind's public API.
+import { locateDevice, type DeviceLocation } from './discovery/locate.js';
+import { bindAndWrap, type OpenDeviceOptions, type VfioDevice } from './device/device.js';
+import { NativeKernel } from './sys/native-kernel.js';
+import type { Kernel } from './sys/kernel.js';
+import { IommufdContext } from './routes/iommufd.js';
+import { ContainerContext } from './routes/legacy.js';
+import type { IommuContext } from './routes/route.js';
+import { silentLogger, type Logger } from './log.js';
+import type { RouteName } from './errors.js';
+
+let defaultKernel: Kernel | undefined;
+/** The real kernel, through the addon (loaded on first use). */
+export function nativeKernel(): Kernel {
+  return (defaultKernel ??= new NativeKernel());
+}
+
+/**
+ * Opens and binds a device: a PCI address, a sysfs path, /dev/vfio/devices/vfioN or an mdev UUID.
+ * The route follows options.route (auto: iommufd, else legacy where iommufd is unavailable) or the
+ * given context. The result reports the route taken and why; close() it (or `using` it) when done.
+ */
+export function openDevice(spec: string, options: OpenDeviceOptions = {}): VfioDevice {
+  const kernel = options.kernel ?? nativeKernel();
+  return bindAndWrap(locateDevice(kernel, spec), kernel, options);
+}
+
+/**
+ * Creates an empty IOMMU context of one route, for several devices to share (options.context).
+ * Devices bound into it close when it closes.
+ */
+export function createContext(route: RouteName, options: { logger?: Logger; kernel?: Kernel } = {}): IommuContext {
+  const kernel = options.kernel ?? nativeKernel();
+  const log = options.logger ?? silentLogger;
+  return route === 'iommufd' ? IommufdContext.open(kernel, log) : ContainerContext.open(kernel, log);
+}
+
+/** Where a device is and what the kernel exposes for it, without opening anything. */
+export function locate(spec: string, options: { kernel?: Kernel } = {}): DeviceLocation {
+  return locateDevice(options.kernel ?? nativeKernel(), spec);
+}
+
+export { listDevices } from './discovery/locate.js';
+export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from './discovery/locate.js';
+export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
+export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions } from './device/device.js';
+export { IommuContext, type BeforeBindHook } from './routes/route.js';
+export { IommufdContext } from './routes/iommufd.js';
+export { ContainerContext } from './routes/legacy.js';
+export { FALLBACK_TABLE, ROUTE_POLICIES, type RoutePolicy, type FallbackReport, type FallbackRule } from './routes/select.js';
+export * from './errors.js';
+export type { Kernel, FileStat } from './sys/kernel.js';
+export type { Logger, LogLevel } from './log.js';

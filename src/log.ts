@@ -1,0 +1,21 @@
+// Logging. The library logs through any pino-compatible logger it is given and is silent otherwise,
+// so embedding it costs nothing; the CLI builds a pino logger on stderr (loaded only when asked).
+
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  child(bindings: object): Logger;
+}
+
+const noop = (): void => {};
+export const silentLogger: Logger = { debug: noop, info: noop, warn: noop, child: () => silentLogger };
+
+export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+/** A pino logger writing JSON lines to stderr (fd 2), so stdout stays the command's output. */
+export async function createStderrLogger(level: LogLevel): Promise<Logger> {
+  if (level === 'silent') return silentLogger;
+  const { default: pino } = await import('pino');
+  return pino({ level, base: { name: 'vfio-bind' } }, pino.destination({ fd: 2, sync: true })) as unknown as Logger;
+}

@@ -1,0 +1,112 @@
+// The iommufd route: /dev/iommu + the device's VFIO cdev. BIND is the ownership contract (a cdev opens
+// "parked" and accepts nothing else), then the device is attached to the context's IOAS.
+import type { CdevLocation, DeviceLocation } from '../discovery/locate.js';
+import type { Logger } from '../log.js';
+import { closeQuietly, FdStack, StepCalls } from '../sys/calls.js';
+import { makedev, type Kernel } from '../sys/kernel.js';
+import { decode, encode } from '../uapi/struct.js';
+import { IOMMU, iommu_ioas_alloc } from '../uapi/iommufd.js';
+import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd } from '../uapi/vfio.js';
+import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
+
+export const IOMMUFD_NODE = '/dev/iommu';
+
+export class IommufdContext extends IommuContext {
+  readonly route = 'iommufd' as const;
+  readonly node = IOMMUFD_NODE;
+  private ioasId: number | null = null;
+
+  private constructor(kernel: Kernel, log: Logger, readonly fd: number) {
+    super(kernel, log);
+  }
+
+  /** Opens /dev/iommu (step "open /dev/iommu"). */
+  static open(kernel: Kernel, log: Logger): IommufdContext {
+    const calls = new StepCalls(kernel, 'iommufd', log);
+    return new IommufdContext(kernel, log, calls.open('open /dev/iommu', IOMMUFD_NODE));
+  }
+
+  /** The context's IO address space, allocated on first use (step IOMMU_IOAS_ALLOC). */
+  ioas(calls: StepCalls): number {
+    if (this.ioasId === null) {
+      const arg = encode(iommu_ioas_alloc, { size: iommu_ioas_alloc.size });
+      calls.ioctl('IOMMU_IOAS_ALLOC', this.fd, IOMMU.IOAS_ALLOC, arg);
+      this.ioasId = decode(iommu_ioas_alloc, arg).out_ioas_id;
+    }
+    return this.ioasId;
+  }
+
+  get ioasIdOrNull(): number | null {
+    return this.ioasId;
+  }
+
+  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding {
+    const calls = new StepCalls(this.kernel, 'iommufd', this.log);
+    const cdev = loc.cdev;
+    if (!cdev) {
+      return calls.fail('find cdev', null, `${loc.name} has no vfio-dev entry in sysfs`, `${loc.sysfsPath}/vfio-dev`);
+    }
+    if (!cdev.devnum) {
+      return calls.fail('find cdev', null, `${loc.sysfsPath}/vfio-dev/${cdev.name} has no dev attribute`, `${loc.sysfsPath}/vfio-dev/${cdev.name}/dev`);
+    }
+    const fds = new FdStack(this.kernel);
+    try {
+      const { fd: deviceFd, path } = openCdev(calls, fds, cdev);
+      beforeBind?.({ route: 'iommufd', fd: deviceFd, path });
+      const bind = encode(vfio_device_bind_iommufd, { argsz: vfio_device_bind_iommufd.size, iommufd: this.fd });
+      calls.ioctl('VFIO_DEVICE_BIND_IOMMUFD', deviceFd, VFIO.DEVICE_BIND_IOMMUFD, bind);
+      const devid = decode(vfio_device_bind_iommufd, bind).out_devid;
+      // Bound: the device is ours from here on; a failure below is reported, never a reason to fall back.
+      const ioas = this.ioas(calls);
+      const attach = encode(vfio_device_attach_iommufd_pt, { argsz: vfio_device_attach_iommufd_pt.size, pt_id: ioas });
+      calls.ioctl('VFIO_DEVICE_ATTACH_IOMMUFD_PT', deviceFd, VFIO.DEVICE_ATTACH_IOMMUFD_PT, attach);
+      const hwpt = decode(vfio_device_attach_iommufd_pt, attach).pt_id;
+      fds.release();
+      return {
+        deviceFd,
+        nodes: { iommu: this.node, cdev: path },
+        ids: { devid, ioas, hwpt },
+        release: () => closeQuietly(this.kernel, deviceFd),
+      };
+    } catch (e) {
+      fds.closeAll();
+      throw e;
+    }
+  }
+
+  protected closeResources(): void {
+    // Closing the iommufd frees the IOAS and every mapping in it.
+    closeQuietly(this.kernel, this.fd);
+  }
+}
+
+/**
+ * Opens the device's cdev: /dev/vfio/devices/vfioN, else udev's /dev/char/MAJ:MIN. A node is used only
+ * if it is a character device with the number sysfs gives: a stale or planted node is never trusted.
+ */
+function openCdev(calls: StepCalls, fds: FdStack, cdev: CdevLocation): { fd: number; path: string } {
+  const want = makedev(cdev.devnum!.major, cdev.devnum!.minor);
+  const mismatched: string[] = [];
+  for (const path of cdev.nodes) {
+    let fd: number;
+    try {
+      fd = calls.open('open cdev', path);
+    } catch (e) {
+      if ((e as { errno?: unknown }).errno === 'ENOENT') continue;
+      throw e;
+    }
+    const st = calls.kernel.fstat(fd);
+    if (st.isCharacterDevice && st.rdev === want) return { fd: fds.push(fd), path };
+    closeQuietly(calls.kernel, fd);
+    mismatched.push(path);
+  }
+  const devnum = `${cdev.devnum!.major}:${cdev.devnum!.minor}`;
+  return calls.fail(
+    'open cdev',
+    'ENOENT',
+    mismatched.length > 0
+      ? `no node for the cdev ${cdev.name} (${devnum}): ${mismatched.join(', ')} ${mismatched.length > 1 ? 'are' : 'is'} a different device`
+      : `no node for the cdev ${cdev.name} (${devnum}): ${cdev.nodes.join(' and ')} do not exist`,
+    cdev.nodes[0],
+  );
+}

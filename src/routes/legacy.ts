@@ -1,0 +1,154 @@
+// The legacy route: a VFIO container (/dev/vfio/vfio) holding IOMMU groups (/dev/vfio/N, or
+// /dev/vfio/noiommu-N), devices taken from their group with VFIO_GROUP_GET_DEVICE_FD.
+import type { DeviceLocation } from '../discovery/locate.js';
+import type { Logger } from '../log.js';
+import { closeQuietly, FdStack, StepCalls } from '../sys/calls.js';
+import type { Kernel } from '../sys/kernel.js';
+import { decode, encode } from '../uapi/struct.js';
+import {
+  VFIO,
+  VFIO_API_VERSION,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_NOIOMMU_IOMMU,
+  VFIO_TYPE1_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  vfio_group_status,
+} from '../uapi/vfio.js';
+import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
+
+export const CONTAINER_NODE = '/dev/vfio/vfio';
+
+export type LegacyIommuType = 'type1v2' | 'type1' | 'noiommu';
+const IOMMU_TYPE_NUMBER: Record<LegacyIommuType, number> = {
+  type1v2: VFIO_TYPE1v2_IOMMU,
+  type1: VFIO_TYPE1_IOMMU,
+  noiommu: VFIO_NOIOMMU_IOMMU,
+};
+
+interface HeldGroup {
+  fd: number;
+  node: string;
+  devices: number;
+}
+
+export class ContainerContext extends IommuContext {
+  readonly route = 'legacy' as const;
+  readonly node = CONTAINER_NODE;
+  private type: LegacyIommuType | null = null;
+  private readonly groups = new Map<number, HeldGroup>();
+
+  private constructor(kernel: Kernel, log: Logger, readonly fd: number) {
+    super(kernel, log);
+  }
+
+  /** Opens /dev/vfio/vfio and checks the API version (steps "open /dev/vfio/vfio", VFIO_GET_API_VERSION). */
+  static open(kernel: Kernel, log: Logger): ContainerContext {
+    const calls = new StepCalls(kernel, 'legacy', log);
+    const fd = calls.open('open /dev/vfio/vfio', CONTAINER_NODE);
+    try {
+      const version = calls.ioctl('VFIO_GET_API_VERSION', fd, VFIO.GET_API_VERSION);
+      if (version !== VFIO_API_VERSION) {
+        calls.fail('VFIO_GET_API_VERSION', null, `the kernel's VFIO API version is ${version}, not ${VFIO_API_VERSION}`, CONTAINER_NODE);
+      }
+    } catch (e) {
+      closeQuietly(kernel, fd);
+      throw e;
+    }
+    return new ContainerContext(kernel, log, fd);
+  }
+
+  /** The IOMMU type set on the container, once its first group is in. */
+  get iommuType(): LegacyIommuType | null {
+    return this.type;
+  }
+
+  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding {
+    const calls = new StepCalls(this.kernel, 'legacy', this.log);
+    const group = loc.group;
+    if (!group) {
+      return calls.fail('find group', 'ENOENT', `${loc.name} has no IOMMU group`, `${loc.sysfsPath}/iommu_group`);
+    }
+    const fds = new FdStack(this.kernel);
+    let held = this.groups.get(group.id);
+    const newGroup = held === undefined;
+    try {
+      if (!held) {
+        const groupFd = fds.push(calls.open('open group', group.node));
+        const status = encode(vfio_group_status, { argsz: vfio_group_status.size });
+        calls.ioctl('VFIO_GROUP_GET_STATUS', groupFd, VFIO.GROUP_GET_STATUS, status);
+        if ((decode(vfio_group_status, status).flags & VFIO_GROUP_FLAGS_VIABLE) === 0) {
+          calls.fail('VFIO_GROUP_GET_STATUS', null, `IOMMU group ${group.id} is not viable`, group.node);
+        }
+        beforeBind?.({ route: 'legacy', fd: groupFd, path: group.node });
+        // The container filters IOMMU drivers only once a group is in it (TYPE1v2 is "supported" even
+        // with no IOMMU at all before that), so the group goes in first, as QEMU does.
+        calls.ioctl('VFIO_GROUP_SET_CONTAINER', groupFd, VFIO.GROUP_SET_CONTAINER, int32(this.fd));
+        if (this.type === null) {
+          const type = this.chooseType(calls, group.noiommu);
+          calls.ioctl('VFIO_SET_IOMMU', this.fd, VFIO.SET_IOMMU, IOMMU_TYPE_NUMBER[type]);
+          this.type = type;
+        } else if ((this.type === 'noiommu') !== group.noiommu) {
+          calls.fail('VFIO_GROUP_SET_CONTAINER', null,
+            `group ${group.id} is ${group.noiommu ? '' : 'not '}a noiommu group, and this container's IOMMU type is ${this.type}`, group.node);
+        }
+        held = { fd: groupFd, node: group.node, devices: 0 };
+      }
+      const deviceFd = fds.push(calls.ioctl('VFIO_GROUP_GET_DEVICE_FD', held.fd, VFIO.GROUP_GET_DEVICE_FD, cString(loc.name)));
+      fds.release();
+      if (newGroup) this.groups.set(group.id, held);
+      held.devices++;
+      const groupId = group.id;
+      return {
+        deviceFd,
+        nodes: { container: this.node, group: held.node },
+        ids: { group: groupId, iommu_type: this.type! },
+        release: () => {
+          closeQuietly(this.kernel, deviceFd);
+          this.releaseGroup(groupId);
+        },
+      };
+    } catch (e) {
+      fds.closeAll();
+      throw e;
+    }
+  }
+
+  /** type1v2, else type1; noiommu for a noiommu group (step VFIO_CHECK_EXTENSION). */
+  private chooseType(calls: StepCalls, noiommu: boolean): LegacyIommuType {
+    const supports = (type: LegacyIommuType): boolean =>
+      calls.ioctl('VFIO_CHECK_EXTENSION', this.fd, VFIO.CHECK_EXTENSION, IOMMU_TYPE_NUMBER[type]) > 0;
+    if (noiommu) {
+      if (supports('noiommu')) return 'noiommu';
+      return calls.fail('VFIO_CHECK_EXTENSION', null, 'the container does not offer the noiommu IOMMU type', CONTAINER_NODE);
+    }
+    if (supports('type1v2')) return 'type1v2';
+    if (supports('type1')) return 'type1';
+    return calls.fail('VFIO_CHECK_EXTENSION', null, 'the container offers neither the type1v2 nor the type1 IOMMU', CONTAINER_NODE);
+  }
+
+  private releaseGroup(groupId: number): void {
+    const held = this.groups.get(groupId);
+    if (!held || --held.devices > 0) return;
+    // Closing the last fd of a group takes it out of the container.
+    this.groups.delete(groupId);
+    closeQuietly(this.kernel, held.fd);
+  }
+
+  protected closeResources(): void {
+    for (const held of this.groups.values()) closeQuietly(this.kernel, held.fd);
+    this.groups.clear();
+    closeQuietly(this.kernel, this.fd);
+  }
+}
+
+/** A 4-byte int passed by address (VFIO_GROUP_SET_CONTAINER takes an int *). */
+function int32(value: number): Buffer {
+  const buf = Buffer.alloc(4);
+  buf.writeInt32LE(value);
+  return buf;
+}
+
+/** A NUL-terminated string passed by address (VFIO_GROUP_GET_DEVICE_FD takes a char *). */
+function cString(value: string): Buffer {
+  return Buffer.from(`${value}\0`, 'utf8');
+}

@@ -1,0 +1,103 @@
+// The interface both routes implement, as QEMU's VFIOIOMMUClass has a container and an iommufd
+// backend: a route creates an IOMMU context and binds devices into it.
+import { DeviceBusyError, type RouteName } from '../errors.js';
+import type { DeviceLocation } from '../discovery/locate.js';
+import type { Logger } from '../log.js';
+import type { Kernel } from '../sys/kernel.js';
+
+/** Called with the fd a VMM registers with KVM (KVM_DEV_VFIO_FILE_ADD) before the device is bound. */
+export type BeforeBindHook = (file: { route: RouteName; fd: number; path: string }) => void;
+
+/** One device bound into a context: what the device object then owns. */
+export interface Binding {
+  deviceFd: number;
+  nodes: Record<string, string>;
+  ids: Record<string, number | string>;
+  /** closes the device fd and releases what the context holds for this device (a group reference) */
+  release(): void;
+}
+
+/**
+ * An IOMMU context: one iommufd with one IOAS, or one legacy container. Devices bound into the same
+ * context share one IO address space. Closing it closes the devices still bound into it first.
+ */
+export abstract class IommuContext implements Disposable {
+  abstract readonly route: RouteName;
+  private readonly members = new Set<{ close(): void }>();
+  private isClosed = false;
+
+  constructor(
+    protected readonly kernel: Kernel,
+    protected readonly log: Logger,
+  ) {}
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** @internal a device bound into this context registers itself so that close() can close it */
+  track(device: { close(): void }): void {
+    this.members.add(device);
+  }
+  /** @internal */
+  untrack(device: { close(): void }): void {
+    this.members.delete(device);
+  }
+  get deviceCount(): number {
+    return this.members.size;
+  }
+
+  /** @internal binds a located device into this context */
+  abstract bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding;
+
+  protected abstract closeResources(): void;
+
+  close(): void {
+    if (this.isClosed) return;
+    for (const device of [...this.members].reverse()) device.close();
+    this.isClosed = true;
+    this.closeResources();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * What this process holds: which context owns each IOMMU group, and which devices are open. The kernel
+ * allows one owner per group, and one iommufd bind per device: without this record a second context
+ * or open of our own would meet EBUSY, EPERM or EINVAL, and we would blame "another process".
+ */
+class ProcessHolds {
+  private readonly groups = new Map<number, { ctx: IommuContext; devices: number }>();
+  private readonly devices = new Set<string>();
+
+  /** Records that `sysfsPath` (in `groupId`, if any) is being bound into ctx; throws if we already hold it elsewhere. */
+  claim(ctx: IommuContext, sysfsPath: string, deviceName: string, groupId: number | null): void {
+    if (this.devices.has(sysfsPath)) {
+      throw new DeviceBusyError(`${deviceName} is already open in this process`, {
+        route: ctx.route, step: 'claim device', hint: 'close the other device object first, or share it',
+      });
+    }
+    if (groupId !== null) {
+      const held = this.groups.get(groupId);
+      if (held && held.ctx !== ctx) {
+        throw new DeviceBusyError(
+          `IOMMU group ${groupId} (of ${deviceName}) is already held by another ${held.ctx.route} context of this process`,
+          { route: ctx.route, step: 'claim group', hint: 'bind every device of one IOMMU group into the same context (the `context` option)' },
+        );
+      }
+      this.groups.set(groupId, { ctx, devices: (held?.devices ?? 0) + 1 });
+    }
+    this.devices.add(sysfsPath);
+  }
+
+  release(sysfsPath: string, groupId: number | null): void {
+    this.devices.delete(sysfsPath);
+    if (groupId === null) return;
+    const held = this.groups.get(groupId);
+    if (held && --held.devices <= 0) this.groups.delete(groupId);
+  }
+}
+export const processHolds = new ProcessHolds();

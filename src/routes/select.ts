@@ -1,0 +1,266 @@
+// The route policy, in one place: which route to try, when the iommufd route's failure means "use the
+// legacy route instead", and what every other answer means for the user. README.md shows the same
+// table (test/unit/fallback-table.test.ts keeps the two equal).
+import type { DeviceLocation } from '../discovery/locate.js';
+import {
+  DeviceBusyError,
+  DeviceNotFoundError,
+  GroupNotViableError,
+  KernelError,
+  NoRouteError,
+  NotVfioDeviceError,
+  PermissionDeniedError,
+  StepError,
+  type Attempt,
+  type RouteName,
+  type VfioError,
+} from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Kernel } from '../sys/kernel.js';
+import { IommufdContext } from './iommufd.js';
+import { ContainerContext } from './legacy.js';
+import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from './route.js';
+
+export type RoutePolicy = 'auto' | 'iommufd' | 'legacy';
+export const ROUTE_POLICIES: readonly RoutePolicy[] = ['auto', 'iommufd', 'legacy'];
+
+/** Facts about this host that turn an errno into a sentence. */
+interface Facts {
+  /** the kernel has iommufd (its misc device is registered), whether or not /dev/iommu is visible */
+  kernelHasIommufd: boolean;
+  /** this process could open the device's group node read-write */
+  groupUsable: boolean;
+}
+
+export type FallbackAction =
+  /** the iommufd route is unavailable: use the legacy route */
+  | 'fall back'
+  /** unavailable to this user: use the legacy route if its group node is usable, else report both */
+  | 'fall back if the group node is usable'
+  /** ambiguous: try the legacy route, and keep this answer in the report (EBUSY there means "in use") */
+  | 'try legacy, keep the error';
+
+export interface FallbackRule {
+  step: string;
+  /** the errno name, or null for a step that fails without a system call */
+  errno: string | null;
+  action: FallbackAction;
+  reason: (facts: Facts) => string;
+}
+
+/**
+ * When `auto` leaves the iommufd route. Every answer not listed here — EBUSY (someone else owns the
+ * device), EPERM, EFAULT, EBADF, ENODEV, and anything after a successful bind — is reported, not hidden
+ * by a fallback.
+ */
+export const FALLBACK_TABLE: readonly FallbackRule[] = [
+  {
+    step: 'open /dev/iommu', errno: 'ENOENT', action: 'fall back',
+    reason: (f) => f.kernelHasIommufd
+      ? 'the /dev/iommu node is not visible here, although the kernel has iommufd (/sys/class/misc/iommu exists)'
+      : 'this kernel has no iommufd (CONFIG_IOMMUFD not set)',
+  },
+  {
+    step: 'open /dev/iommu', errno: 'EACCES', action: 'fall back if the group node is usable',
+    reason: () => 'this user may not open /dev/iommu',
+  },
+  {
+    step: 'find cdev', errno: null, action: 'fall back',
+    reason: () => 'the device has no VFIO cdev (a kernel without CONFIG_VFIO_DEVICE_CDEV, or a noiommu device)',
+  },
+  {
+    step: 'open cdev', errno: 'ENOENT', action: 'fall back',
+    reason: () => "the device's cdev has no node here (/dev/vfio/devices/vfioN or /dev/char/MAJ:MIN)",
+  },
+  {
+    step: 'open cdev', errno: 'EACCES', action: 'fall back if the group node is usable',
+    reason: () => "this user may not open the device's cdev",
+  },
+  {
+    step: 'VFIO_DEVICE_BIND_IOMMUFD', errno: 'ENOTTY', action: 'fall back',
+    reason: () => 'the kernel does not know VFIO_DEVICE_BIND_IOMMUFD (older than 6.6)',
+  },
+  {
+    step: 'VFIO_DEVICE_BIND_IOMMUFD', errno: 'EINVAL', action: 'try legacy, keep the error',
+    reason: () => 'the bind answered EINVAL: another opener may have bound the device through its cdev',
+  },
+];
+
+export function findFallbackRule(e: StepError): FallbackRule | undefined {
+  return FALLBACK_TABLE.find((r) => r.step === e.step && r.errno === e.errno);
+}
+
+/** What the route report says of a fallback. */
+export interface FallbackReport {
+  from: 'iommufd';
+  step: string;
+  errno: string | null;
+  path?: string;
+  reason: string;
+}
+
+export interface BindRequest {
+  kernel: Kernel;
+  log: Logger;
+  policy: RoutePolicy;
+  context?: IommuContext;
+  beforeBind?: BeforeBindHook;
+}
+
+export interface BoundRoute {
+  route: RouteName;
+  context: IommuContext;
+  /** the context was created for this device and closes with it */
+  ownsContext: boolean;
+  binding: Binding;
+  fallback: FallbackReport | null;
+}
+
+/** Binds a located device by the policy (or into the given context, whose route then decides). */
+export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
+  checkBindable(loc);
+  const facts = (): Facts => ({
+    kernelHasIommufd: req.kernel.exists('/sys/class/misc/iommu'),
+    groupUsable: loc.group !== null && req.kernel.accessible(loc.group.node),
+  });
+  const policy: RoutePolicy = req.context ? req.context.route : req.policy;
+  if (policy === 'legacy') return attempt('legacy', loc, req, null);
+  try {
+    return attempt('iommufd', loc, req, null);
+  } catch (e) {
+    if (!(e instanceof StepError)) throw e;
+    const f = facts();
+    const rule = findFallbackRule(e);
+    if (policy === 'iommufd' || !rule) throw explain(e, loc, f, policy, [e.attempt]);
+    if (rule.action === 'fall back if the group node is usable' && !f.groupUsable) {
+      throw new PermissionDeniedError(
+        `this user may open neither the iommufd nodes nor the group node of ${loc.name}` +
+          ` (${e.path ?? e.step}: ${e.errno}; ${loc.group?.node ?? 'no group'}: not accessible)`,
+        { errno: e.errno, route: 'iommufd', step: e.step, path: e.path, attempts: [e.attempt], hint: permissionHint(loc) },
+      );
+    }
+    const fallback: FallbackReport = { from: 'iommufd', step: e.step, errno: e.errno, ...(e.path ? { path: e.path } : {}), reason: rule.reason(f) };
+    req.log.info({ fallback }, 'iommufd route unavailable, trying the legacy route');
+    try {
+      return attempt('legacy', loc, req, fallback);
+    } catch (l) {
+      if (!(l instanceof StepError)) throw l;
+      const attempts = [e.attempt, l.attempt];
+      if (rule.action === 'try legacy, keep the error' && l.errno === 'EBUSY') {
+        throw new DeviceBusyError(
+          `${loc.name} is in use by another process: its iommufd bind answered EINVAL and its group open answered EBUSY`,
+          { errno: 'EBUSY', route: 'legacy', step: l.step, path: l.path, attempts, hint: busyHint() },
+        );
+      }
+      throw explain(l, loc, f, policy, attempts);
+    }
+  }
+}
+
+/** One route, in the given context or a new one that is closed again if the bind fails. */
+function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallback: FallbackReport | null): BoundRoute {
+  const own = !req.context;
+  const context = req.context ?? (route === 'iommufd' ? IommufdContext.open(req.kernel, req.log) : ContainerContext.open(req.kernel, req.log));
+  try {
+    processHolds.claim(context, loc.sysfsPath, loc.name, loc.group?.id ?? null);
+    try {
+      const binding = context.bind(loc, req.beforeBind);
+      return { route, context, ownsContext: own, binding, fallback };
+    } catch (e) {
+      processHolds.release(loc.sysfsPath, loc.group?.id ?? null);
+      throw e;
+    }
+  } catch (e) {
+    if (own) context.close();
+    throw e;
+  }
+}
+
+/** Refuses, before anything is opened, a device no route can take. */
+function checkBindable(loc: DeviceLocation): void {
+  if (loc.bus === 'pci' && !loc.driver?.startsWith('vfio')) {
+    throw new NotVfioDeviceError(
+      loc.driver
+        ? `${loc.name} is bound to ${loc.driver}, not to a VFIO driver`
+        : `${loc.name} is not bound to any driver`,
+      { path: `${loc.sysfsPath}/driver`, hint: `move it to vfio-pci first: vfio-bind driver ${loc.name} --to vfio-pci` },
+    );
+  }
+  if (loc.group && loc.group.blockers.length > 0) throw notViable(loc);
+}
+
+function notViable(loc: DeviceLocation, details: { route?: RouteName; step?: string; errno?: string | null; attempts?: Attempt[] } = {}): GroupNotViableError {
+  const g = loc.group!;
+  const list = g.blockers.map((m) => `${m.name} (${m.driver})`).join(', ');
+  return new GroupNotViableError(
+    `IOMMU group ${g.id} of ${loc.name} is not viable: ${list || 'a member'} ${g.blockers.length === 1 ? 'is' : 'are'} bound to a host driver`,
+    { ...details, path: `/sys/kernel/iommu_groups/${g.id}/devices`, hint: 'bind every device of the group to vfio-pci (vfio-bind driver --group), or unbind them' },
+  );
+}
+
+const busyHint = (): string => 'find the owner with `fuser -v /dev/vfio/* /dev/vfio/devices/*`; it releases the device when it exits';
+
+function permissionHint(loc: DeviceLocation): string {
+  const nodes = ['/dev/iommu', loc.cdev ? `/dev/vfio/devices/${loc.cdev.name}` : null, '/dev/vfio/vfio', loc.group?.node].filter(Boolean);
+  return `run as root, or give this user read-write access to ${nodes.join(', ')} (a udev rule or chown)`;
+}
+
+const UNSAFE_INTERRUPTS_PARAM: Record<RouteName, string> = {
+  iommufd: 'iommufd.allow_unsafe_interrupts=1',
+  legacy: 'vfio_iommu_type1.allow_unsafe_interrupts=1',
+};
+
+/** Turns a step's errno into the public error a user can act on. */
+export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy: RoutePolicy, attempts: Attempt[]): VfioError {
+  const base = { errno: e.errno, route: e.route, step: e.step, path: e.path, attempts, cause: e };
+  const where = `${e.route} route, ${e.step}${e.path && !e.step.includes(e.path) ? ` (${e.path})` : ''}`;
+  const rule = findFallbackRule(e);
+  if (e.errno === 'EBUSY') {
+    return new DeviceBusyError(`${loc.name} is in use by another process (${where} answered EBUSY)`, { ...base, hint: busyHint() });
+  }
+  if (e.step === 'VFIO_DEVICE_BIND_IOMMUFD' && e.errno === 'EINVAL' && policy === 'iommufd') {
+    // Our bind struct is checked against the kernel headers: EINVAL here means the device is bound already.
+    return new DeviceBusyError(`${loc.name} is already bound through iommufd by another opener (${where} answered EINVAL)`, { ...base, hint: busyHint() });
+  }
+  if (e.errno === 'EACCES') {
+    return new PermissionDeniedError(`permission denied: ${where}`, { ...base, hint: permissionHint(loc) });
+  }
+  if (e.errno === 'EPERM') {
+    if (e.step === 'open group' && loc.group?.noiommu) {
+      return new PermissionDeniedError(`opening the noiommu group ${e.path} needs CAP_SYS_RAWIO (${where} answered EPERM)`, { ...base, hint: 'run as root (noiommu mode gives the device unchecked DMA)' });
+    }
+    if (loc.group && loc.group.blockers.length > 0) return notViable(loc, base);
+    if (e.step === 'VFIO_DEVICE_BIND_IOMMUFD' || e.step === 'VFIO_SET_IOMMU' || e.step === 'VFIO_DEVICE_ATTACH_IOMMUFD_PT') {
+      const shared = (loc.group?.members.length ?? 0) > 1 ? ', or another process holds a device of the same IOMMU group' : '';
+      return new NoRouteError(
+        `the IOMMU gives ${loc.name} no interrupt isolation (MSI remapping)${shared} (${where} answered EPERM)`,
+        { ...base, hint: `enable interrupt remapping, or accept the risk with the module parameter ${UNSAFE_INTERRUPTS_PARAM[e.route]}` },
+      );
+    }
+    return new PermissionDeniedError(`operation not permitted: ${where}`, { ...base, hint: permissionHint(loc) });
+  }
+  if (e.errno === 'ENODEV') {
+    return new DeviceNotFoundError(`${loc.name} went away (${where} answered ENODEV)`, base);
+  }
+  if (e.step === 'VFIO_GROUP_GET_STATUS' && e.errno === null) return notViable(loc, base);
+  if (rule && rule.action !== 'try legacy, keep the error') {
+    // The iommufd route is unavailable and the policy forbids the fallback (--route iommufd).
+    return new NoRouteError(`the iommufd route is unavailable: ${rule.reason(facts)} (${where}${e.errno ? ` answered ${e.errno}` : ''})`, {
+      ...base, hint: 'use --route auto or --route legacy, or a kernel with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV',
+    });
+  }
+  if (e.step === 'find group') {
+    return new NoRouteError(`${loc.name} has no IOMMU group: no IOMMU translates its DMA`, {
+      ...base, hint: 'enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command line), or, unsafely, vfio.enable_unsafe_noiommu_mode=1',
+    });
+  }
+  if (e.step === 'open /dev/vfio/vfio' && e.errno === 'ENOENT') {
+    return new NoRouteError(`the legacy route is unavailable: ${e.path} does not exist (the vfio module is not loaded, or the kernel has no CONFIG_VFIO_CONTAINER)`, {
+      ...base, hint: 'load vfio-pci (modprobe vfio-pci)',
+    });
+  }
+  if (e.step === 'open group' && e.errno === 'ENOENT') {
+    return new DeviceNotFoundError(`the group node ${e.path} of ${loc.name} does not exist`, { ...base, hint: 'check that the device is bound to vfio-pci and that /dev/vfio is visible here' });
+  }
+  return new KernelError(`the kernel refused: ${where}${e.errno ? ` answered ${e.errno}` : `: ${e.message}`}`, base);
+}

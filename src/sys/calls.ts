@@ -1,0 +1,72 @@
+// Route steps as system calls: each call is logged, and a failure becomes a StepError naming the
+// route, the step, the errno and the path, which the route policy then interprets.
+import { StepError, type RouteName } from '../errors.js';
+import type { Logger } from '../log.js';
+import { isSysError, type Kernel } from './kernel.js';
+
+export class StepCalls {
+  constructor(
+    readonly kernel: Kernel,
+    readonly route: RouteName,
+    private readonly log: Logger,
+  ) {}
+
+  /** Runs one step; a system error becomes a StepError for `step`. */
+  run<T>(step: string, path: string | undefined, fn: () => T): T {
+    try {
+      const result = fn();
+      this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
+      return result;
+    } catch (e) {
+      if (!isSysError(e)) throw e;
+      this.log.debug({ route: this.route, step, path, errno: e.code }, 'failed');
+      throw new StepError(this.route, step, e.code, `${step}${path ? ` (${path})` : ''}: ${e.code}`, path, { cause: e });
+    }
+  }
+
+  open(step: string, path: string): number {
+    return this.run(step, path, () => this.kernel.open(path));
+  }
+
+  ioctl(step: string, fd: number, request: number, arg?: number | Buffer): number {
+    return this.run(step, undefined, () => this.kernel.ioctl(fd, request, arg));
+  }
+
+  /** A step that fails without a system call (a missing sysfs entry, a mismatched node). */
+  fail(step: string, errno: string | null, message: string, path?: string): never {
+    this.log.debug({ route: this.route, step, path, errno }, message);
+    throw new StepError(this.route, step, errno, message, path);
+  }
+}
+
+/**
+ * Owns the fds a constructor opens until it hands them to the object it builds: on failure,
+ * `closeAll` closes them in reverse order, so no path leaks one.
+ */
+export class FdStack {
+  private readonly fds: number[] = [];
+  constructor(private readonly kernel: Kernel) {}
+
+  push(fd: number): number {
+    this.fds.push(fd);
+    return fd;
+  }
+
+  /** Gives up ownership (the fds now belong to whoever received them). */
+  release(): void {
+    this.fds.length = 0;
+  }
+
+  closeAll(): void {
+    while (this.fds.length > 0) closeQuietly(this.kernel, this.fds.pop()!);
+  }
+}
+
+/** close(2) on a cleanup path, where a second error must not hide the first. */
+export function closeQuietly(kernel: Kernel, fd: number): void {
+  try {
+    kernel.close(fd);
+  } catch {
+    // Nothing useful to do: the fd is gone either way (close never leaves it open on Linux).
+  }
+}

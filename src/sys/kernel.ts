@@ -1,0 +1,51 @@
+// The seam between vfio-bind and the kernel. Everything above it talks to an injected Kernel, so unit
+// tests can put a fake one in its place (test/fake-kernel.ts) and the VM suite proves the real one.
+
+/** What a failed system call throws: the shape of Node's own fs errors. */
+export interface SysErrorLike extends Error {
+  /** errno's name, e.g. "EBUSY" */
+  code: string;
+  /** negative errno, as libuv reports it */
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+export function isSysError(e: unknown): e is SysErrorLike {
+  return e instanceof Error && typeof (e as SysErrorLike).code === 'string' && typeof (e as SysErrorLike).errno === 'number';
+}
+
+export interface FileStat {
+  /** st_mode */
+  mode: number;
+  /** st_rdev, the device number of a character or block device */
+  rdev: number;
+  isCharacterDevice: boolean;
+}
+
+export interface Kernel {
+  /** open(2) read-write, close-on-exec; returns the fd */
+  open(path: string): number;
+  close(fd: number): void;
+  /** ioctl(2): returns its non-negative result; arg is passed by value (number) or by address (buffer) */
+  ioctl(fd: number, request: number, arg?: number | Buffer): number;
+  /** pread(2)/pwrite(2): the byte count transferred */
+  pread(fd: number, buf: Buffer, offset: bigint | number): number;
+  pwrite(fd: number, buf: Buffer, offset: bigint | number): number;
+  fstat(fd: number): FileStat;
+  stat(path: string): FileStat;
+  readlink(path: string): string;
+  realpath(path: string): string;
+  readdir(path: string): string[];
+  /** a sysfs attribute's text, trailing newline removed */
+  readText(path: string): string;
+  exists(path: string): boolean;
+  /** access(2) with R_OK|W_OK: could this process open the path read-write? */
+  accessible(path: string): boolean;
+}
+
+/** major/minor of a Linux dev_t as glibc encodes it */
+export const major = (rdev: number): number => Number(((BigInt(rdev) >> 32n) & ~0xfffn) | ((BigInt(rdev) >> 8n) & 0xfffn));
+export const minor = (rdev: number): number => Number(((BigInt(rdev) >> 12n) & ~0xffn) | (BigInt(rdev) & 0xffn));
+export const makedev = (maj: number, min: number): number =>
+  Number(((BigInt(maj) & 0xfffn) << 8n) | ((BigInt(maj) & ~0xfffn) << 32n) | (BigInt(min) & 0xffn) | ((BigInt(min) & ~0xffn) << 12n));

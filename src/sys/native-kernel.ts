@@ -1,0 +1,69 @@
+// The real Kernel: node:fs for files, our addon for ioctl.
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import type { FileStat, Kernel } from './kernel.js';
+
+export interface Addon {
+  ioctl(fd: number, request: number, arg?: number | ArrayBufferView): number;
+}
+
+let addon: Addon | undefined;
+
+/** Loads build/Release/vfio_addon.node (built by node-gyp at install) once. */
+export function loadAddon(): Addon {
+  if (!addon) {
+    const require = createRequire(import.meta.url);
+    addon = require('../../../build/Release/vfio_addon.node') as Addon;
+  }
+  return addon;
+}
+
+const toStat = (s: fs.Stats): FileStat => ({ mode: s.mode, rdev: s.rdev, isCharacterDevice: s.isCharacterDevice() });
+
+export class NativeKernel implements Kernel {
+  constructor(private readonly addon: Addon = loadAddon()) {}
+  open(path: string): number {
+    return fs.openSync(path, fs.constants.O_RDWR);
+  }
+  close(fd: number): void {
+    fs.closeSync(fd);
+  }
+  ioctl(fd: number, request: number, arg?: number | Buffer): number {
+    return this.addon.ioctl(fd, request, arg);
+  }
+  pread(fd: number, buf: Buffer, offset: bigint | number): number {
+    return fs.readSync(fd, buf, 0, buf.length, offset);
+  }
+  pwrite(fd: number, buf: Buffer, offset: bigint | number): number {
+    return fs.writeSync(fd, buf, 0, buf.length, Number(offset));
+  }
+  fstat(fd: number): FileStat {
+    return toStat(fs.fstatSync(fd));
+  }
+  stat(path: string): FileStat {
+    return toStat(fs.statSync(path));
+  }
+  readlink(path: string): string {
+    return fs.readlinkSync(path);
+  }
+  realpath(path: string): string {
+    return fs.realpathSync(path);
+  }
+  readdir(path: string): string[] {
+    return fs.readdirSync(path);
+  }
+  readText(path: string): string {
+    return fs.readFileSync(path, 'utf8').replace(/\n$/, '');
+  }
+  exists(path: string): boolean {
+    return fs.existsSync(path);
+  }
+  accessible(path: string): boolean {
+    try {
+      fs.accessSync(path, fs.constants.R_OK | fs.constants.W_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}

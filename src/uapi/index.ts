@@ -1,0 +1,5 @@
+// The kernel ABI, in one place.
+export * from './ioctl.js';
+export * from './struct.js';
+export * from './vfio.js';
+export * from './iommufd.js';
