@@ -91,7 +91,10 @@ async function bindCommand(argv: Common & { device: string; route: RoutePolicy; 
 function holdUntilSignal(name: string): Promise<void> {
   process.stderr.write(`holding ${name}; press Ctrl-C (or send SIGTERM) to release it\n`);
   return new Promise((resolve) => {
+    // Signal handlers do not keep Node's event loop alive; this timer does, until a signal comes.
+    const keepAlive = setInterval(() => {}, 1 << 30);
     const done = (): void => {
+      clearInterval(keepAlive);
       process.off('SIGINT', done);
       process.off('SIGTERM', done);
       resolve();

@@ -159,6 +159,8 @@ export class VfioDevice implements Disposable {
 
   private checkedRange(which: number | string, offset: number | bigint, length: number, what: 'read' | 'write'): RegionInfo {
     const region = this.region(which);
+    if (typeof offset === 'number' && !Number.isSafeInteger(offset)) throw new UsageError(`offset ${offset} is not an integer`);
+    if (!Number.isSafeInteger(length)) throw new UsageError(`length ${length} is not an integer`);
     if (what === 'read' ? !region.readable : !region.writable) {
       throw new UsageError(`region ${region.name} of ${this.name} is not ${what === 'read' ? 'readable' : 'writable'}`);
     }

@@ -110,8 +110,11 @@ function readGroup(kernel: Kernel, sysfsPath: string): GroupLocation | null {
     // A group without a devices/ directory lists no members; the routes will tell what is wrong.
   }
   const members = names.map((name) => {
-    const driver = tryReadlinkTail(kernel, `/sys/kernel/iommu_groups/${id}/devices/${name}/driver`);
-    return { name, driver, vfioSafe: vfioSafeDriver(driver) };
+    const dir = `/sys/kernel/iommu_groups/${id}/devices/${name}`;
+    const driver = tryReadlinkTail(kernel, `${dir}/driver`);
+    // An mdev is bound to its parent's vendor driver (mtty, say), which is VFIO's own by construction.
+    const mdev = tryReadlinkTail(kernel, `${dir}/subsystem`) === 'mdev';
+    return { name, driver, vfioSafe: mdev || vfioSafeDriver(driver) };
   });
   return { id, node: noiommu ? noiommuNode : plain, noiommu, members, blockers: members.filter((m) => !m.vfioSafe) };
 }

@@ -90,14 +90,14 @@ function openCdev(calls: StepCalls, fds: FdStack, cdev: CdevLocation): { fd: num
   for (const path of cdev.nodes) {
     let fd: number;
     try {
-      fd = calls.open('open cdev', path);
+      fd = fds.push(calls.open('open cdev', path));
     } catch (e) {
       if ((e as { errno?: unknown }).errno === 'ENOENT') continue;
       throw e;
     }
-    const st = calls.kernel.fstat(fd);
-    if (st.isCharacterDevice && st.rdev === want) return { fd: fds.push(fd), path };
-    closeQuietly(calls.kernel, fd);
+    const st = calls.run('check cdev', path, () => calls.kernel.fstat(fd));
+    if (st.isCharacterDevice && st.rdev === want) return { fd, path };
+    fds.closeLast();
     mismatched.push(path);
   }
   const devnum = `${cdev.devnum!.major}:${cdev.devnum!.minor}`;

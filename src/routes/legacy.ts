@@ -57,7 +57,7 @@ export class ContainerContext extends IommuContext {
     return new ContainerContext(kernel, log, fd);
   }
 
-  /** The IOMMU type set on the container, once its first group is in. */
+  /** The IOMMU type set on the container while it holds groups. */
   get iommuType(): LegacyIommuType | null {
     return this.type;
   }
@@ -83,7 +83,9 @@ export class ContainerContext extends IommuContext {
         // The container filters IOMMU drivers only once a group is in it (TYPE1v2 is "supported" even
         // with no IOMMU at all before that), so the group goes in first, as QEMU does.
         calls.ioctl('VFIO_GROUP_SET_CONTAINER', groupFd, VFIO.GROUP_SET_CONTAINER, int32(this.fd));
-        if (this.type === null) {
+        // A container without groups has no IOMMU type: the kernel unsets it when the last group
+        // leaves ("deprivileges" the container), so the type is set again for the next first group.
+        if (this.groups.size === 0) {
           const type = this.chooseType(calls, group.noiommu);
           calls.ioctl('VFIO_SET_IOMMU', this.fd, VFIO.SET_IOMMU, IOMMU_TYPE_NUMBER[type]);
           this.type = type;
@@ -109,6 +111,7 @@ export class ContainerContext extends IommuContext {
       };
     } catch (e) {
       fds.closeAll();
+      if (this.groups.size === 0) this.type = null; // the failed group was the only one: the kernel unset the type
       throw e;
     }
   }
@@ -129,9 +132,10 @@ export class ContainerContext extends IommuContext {
   private releaseGroup(groupId: number): void {
     const held = this.groups.get(groupId);
     if (!held || --held.devices > 0) return;
-    // Closing the last fd of a group takes it out of the container.
+    // Closing the last fd of a group takes it out of the container; the last group takes the type too.
     this.groups.delete(groupId);
     closeQuietly(this.kernel, held.fd);
+    if (this.groups.size === 0) this.type = null;
   }
 
   protected closeResources(): void {

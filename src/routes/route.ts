@@ -54,8 +54,9 @@ export abstract class IommuContext implements Disposable {
 
   close(): void {
     if (this.isClosed) return;
-    for (const device of [...this.members].reverse()) device.close();
+    // Closed first: a device that owns this context closes it again from its own close().
     this.isClosed = true;
+    for (const device of [...this.members].reverse()) device.close();
     this.closeResources();
   }
 

@@ -3,6 +3,7 @@
 // table (test/unit/fallback-table.test.ts keeps the two equal).
 import type { DeviceLocation } from '../discovery/locate.js';
 import {
+  ClosedError,
   DeviceBusyError,
   DeviceNotFoundError,
   GroupNotViableError,
@@ -124,7 +125,14 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
     groupUsable: loc.group !== null && req.kernel.accessible(loc.group.node),
   });
   const policy: RoutePolicy = req.context ? req.context.route : req.policy;
-  if (policy === 'legacy') return attempt('legacy', loc, req, null);
+  if (policy === 'legacy') {
+    try {
+      return attempt('legacy', loc, req, null);
+    } catch (e) {
+      if (e instanceof StepError) throw explain(e, loc, facts(), policy, [e.attempt]);
+      throw e;
+    }
+  }
   try {
     return attempt('iommufd', loc, req, null);
   } catch (e) {
@@ -159,6 +167,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
 
 /** One route, in the given context or a new one that is closed again if the bind fails. */
 function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallback: FallbackReport | null): BoundRoute {
+  if (req.context?.closed) throw new ClosedError(`cannot bind ${loc.name} into a closed ${req.context.route} context`);
   const own = !req.context;
   const context = req.context ?? (route === 'iommufd' ? IommufdContext.open(req.kernel, req.log) : ContainerContext.open(req.kernel, req.log));
   try {
@@ -193,7 +202,7 @@ function notViable(loc: DeviceLocation, details: { route?: RouteName; step?: str
   const g = loc.group!;
   const list = g.blockers.map((m) => `${m.name} (${m.driver})`).join(', ');
   return new GroupNotViableError(
-    `IOMMU group ${g.id} of ${loc.name} is not viable: ${list || 'a member'} ${g.blockers.length === 1 ? 'is' : 'are'} bound to a host driver`,
+    `IOMMU group ${g.id} of ${loc.name} is not viable: ${list || 'a member'} ${g.blockers.length > 1 ? 'are' : 'is'} bound to a host driver`,
     { ...details, path: `/sys/kernel/iommu_groups/${g.id}/devices`, hint: 'bind every device of the group to vfio-pci (vfio-bind driver --group), or unbind them' },
   );
 }

@@ -52,6 +52,12 @@ export class FdStack {
     return fd;
   }
 
+  /** Closes the fd pushed last (one that turned out not to be wanted). */
+  closeLast(): void {
+    const fd = this.fds.pop();
+    if (fd !== undefined) closeQuietly(this.kernel, fd);
+  }
+
   /** Gives up ownership (the fds now belong to whoever received them). */
   release(): void {
     this.fds.length = 0;

@@ -1,6 +1,8 @@
 // The real Kernel: node:fs for files, our addon for ioctl.
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { FileStat, Kernel } from './kernel.js';
 
 export interface Addon {
@@ -9,12 +11,25 @@ export interface Addon {
 
 let addon: Addon | undefined;
 
+const ADDON = 'build/Release/vfio_addon.node';
+
+/** The package's addon, found by walking up from this module (compiled, or inside the CLI bundle). */
+function addonPath(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = path.join(dir, ADDON);
+    if (fs.existsSync(candidate)) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) {
+      throw new Error(`the native addon ${ADDON} was not built (run \`npm install\` in the vfio-bind package)`);
+    }
+    dir = parent;
+  }
+}
+
 /** Loads build/Release/vfio_addon.node (built by node-gyp at install) once. */
 export function loadAddon(): Addon {
-  if (!addon) {
-    const require = createRequire(import.meta.url);
-    addon = require('../../../build/Release/vfio_addon.node') as Addon;
-  }
+  if (!addon) addon = createRequire(import.meta.url)(addonPath()) as Addon;
   return addon;
 }
 

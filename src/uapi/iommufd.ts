@@ -36,7 +36,7 @@ export const iommu_ioas_iova_ranges = struct('iommu_ioas_iova_ranges', 32, {
 export const iommu_iova_range = struct('iommu_iova_range', 16, { start: ['u64', 0], last: ['u64', 8] });
 
 export const iommu_ioas_map = struct('iommu_ioas_map', 40, {
-  size: ['u32', 0], flags: ['u32', 4], user_va: ['u64', 8], length: ['u64', 16], iova: ['u64', 24], ioas_id: ['u32', 32],
+  size: ['u32', 0], flags: ['u32', 4], ioas_id: ['u32', 8], user_va: ['u64', 16], length: ['u64', 24], iova: ['u64', 32],
 });
 
 export const iommu_ioas_unmap = struct('iommu_ioas_unmap', 24, {
