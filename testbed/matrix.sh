@@ -4,7 +4,8 @@
 #   matrix.sh CASE             one case
 #   matrix.sh CASE -- COMMAND  any command in that case's guest (output streams; exit status is the command's)
 #   matrix.sh --list           the cases
-# Environment: VM_VERBOSE=1 streams each case's guest output too (it is always kept in the run dir).
+# Environment: VM_JOBS=N guests at a time (default 2); VM_VERBOSE=1 streams each case's guest output
+# too (it is always kept in the run dir).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 G=$TESTBED_DIR/guest
@@ -79,26 +80,49 @@ if [ ${#cmd[@]} -gt 0 ]; then
 		--env "VFIO_PROBE=$PROBE" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
 fi
 
-failed=() t0=$(date +%s)
-for c in "${cases[@]}"; do
+# Two guests at a time by default: each QEMU (single-threaded TCG) keeps one core busy.
+JOBS=${VM_JOBS:-2}
+t0=$(date +%s) logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+run_case() { # case -> writes $logs/<case>.{out,rc,time}
+	local c=$1 s rc
 	load_case "$c"
-	s=$(date +%s.%N) log=$(mktemp)
+	s=$(date +%s.%N)
 	if [ "${VM_VERBOSE:-0}" = 1 ]; then
 		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
 	else
 		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" > "$log" 2>&1; rc=$?
+			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
 	fi
-	t=$(printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)")
-	if [ $rc = 0 ]; then
-		printf 'PASS  %-32s %6ss\n' "$c" "$t"
+	printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)" > "$logs/$c.time"
+	echo "$rc" > "$logs/$c.rc"
+}
+report_case() { # prints the case's line (and its output when it failed)
+	local c=$1 rc
+	rc=$(cat "$logs/$c.rc")
+	if [ "$rc" = 0 ]; then
+		printf 'PASS  %-32s %6ss\n' "$c" "$(cat "$logs/$c.time")"
 	else
-		printf 'FAIL  %-32s %6ss  (exit %s)\n' "$c" "$t" "$rc"
-		[ "${VM_VERBOSE:-0}" = 1 ] || sed 's/^/      | /' "$log"
-		failed+=("$c")
+		printf 'FAIL  %-32s %6ss  (exit %s)\n' "$c" "$(cat "$logs/$c.time")" "$rc"
+		[ "${VM_VERBOSE:-0}" = 1 ] || sed 's/^/      | /' "$logs/$c.out"
 	fi
-	rm -f "$log"
+}
+declare -A pid_case=()
+failed=()
+reap() { # waits for one running case and reports it
+	local pid c
+	wait -n -p pid "${!pid_case[@]}" 2>/dev/null || true
+	c=${pid_case[$pid]}
+	unset "pid_case[$pid]"
+	report_case "$c"
+	[ "$(cat "$logs/$c.rc")" = 0 ] || failed+=("$c")
+}
+for c in "${cases[@]}"; do
+	while [ ${#pid_case[@]} -ge "$JOBS" ]; do reap; done
+	run_case "$c" &
+	pid_case[$!]=$c
 done
-echo "${#cases[@]} cases, ${#failed[@]} failed, $(( $(date +%s) - t0 ))s"
+while [ ${#pid_case[@]} -gt 0 ]; do reap; done
+echo "${#cases[@]} cases, ${#failed[@]} failed, $(( $(date +%s) - t0 ))s ($JOBS at a time)"
 [ ${#failed[@]} = 0 ]
