@@ -200,5 +200,5 @@ export function whyNoVfio(kernel: Kernel): string {
   if (!kernel.exists('/sys/class/iommu') || kernel.readdir('/sys/class/iommu').length === 0) {
     return 'no device is bound to a VFIO driver, and no IOMMU is enabled (nothing in /sys/class/iommu)';
   }
-  return 'no device is bound to a VFIO driver (bind one with `vfio-bind driver <device> --to vfio-pci`)';
+  return 'no device is bound to a VFIO driver (hand one to vfio-pci through its driver_override in sysfs)';
 }

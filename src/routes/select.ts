@@ -192,7 +192,7 @@ function checkBindable(loc: DeviceLocation): void {
       loc.driver
         ? `${loc.name} is bound to ${loc.driver}, not to a VFIO driver`
         : `${loc.name} is not bound to any driver`,
-      { path: `${loc.sysfsPath}/driver`, hint: `move it to vfio-pci first: vfio-bind driver ${loc.name} --to vfio-pci` },
+      { path: `${loc.sysfsPath}/driver`, hint: moveToVfioHint(loc.name) },
     );
   }
   if (loc.group && loc.group.blockers.length > 0) throw notViable(loc);
@@ -203,8 +203,14 @@ function notViable(loc: DeviceLocation, details: { route?: RouteName; step?: str
   const list = g.blockers.map((m) => `${m.name} (${m.driver})`).join(', ');
   return new GroupNotViableError(
     `IOMMU group ${g.id} of ${loc.name} is not viable: ${list || 'a member'} ${g.blockers.length > 1 ? 'are' : 'is'} bound to a host driver`,
-    { ...details, path: `/sys/kernel/iommu_groups/${g.id}/devices`, hint: 'bind every device of the group to vfio-pci (vfio-bind driver --group), or unbind them' },
+    { ...details, path: `/sys/kernel/iommu_groups/${g.id}/devices`, hint: 'bind every device of the group to vfio-pci, or unbind them from their drivers' },
   );
+}
+
+/** How to hand a PCI device to vfio-pci by hand (as root). */
+function moveToVfioHint(name: string): string {
+  const dev = `/sys/bus/pci/devices/${name}`;
+  return `as root: echo vfio-pci > ${dev}/driver_override; echo ${name} > ${dev}/driver/unbind; echo ${name} > /sys/bus/pci/drivers_probe`;
 }
 
 const busyHint = (): string => 'find the owner with `fuser -v /dev/vfio/* /dev/vfio/devices/*`; it releases the device when it exits';

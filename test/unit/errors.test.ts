@@ -140,7 +140,7 @@ describe('refused before anything is opened', () => {
     const e = catchError(() => openDevice('0000:00:12.0', { kernel: k }), NotVfioDeviceError);
     assert.equal(e.exitCode, 3);
     assert.match(e.message, /is bound to e1000e, not to a VFIO driver/);
-    assert.match(e.hint ?? '', /vfio-bind driver 0000:00:12\.0 --to vfio-pci/);
+    assert.match(e.hint ?? '', /echo vfio-pci > \/sys\/bus\/pci\/devices\/0000:00:12\.0\/driver_override/);
     assert.deepEqual(k.openedPaths(), []);
   });
 
