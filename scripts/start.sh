@@ -19,7 +19,8 @@ if [ -n "$devices" ]; then
 	done
 	exit 0
 fi
-echo "== This host has no VFIO device ($($cli list | sed 's/^No VFIO devices: //')); running in the test bed instead."
+echo "== This host has no VFIO device: $($cli list | sed 's/^No VFIO devices: //')"
+echo "== Running the same in the test bed instead:"
 echo "   (a QEMU guest with Debian's stock 6.12 kernel and QEMU's edu device bound to vfio-pci)"
 testbed/setup-host.sh
 exec testbed/run-vm.sh --kernel "${VM_KERNEL:-stock-6.12}" -- \
