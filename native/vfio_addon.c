@@ -37,59 +37,49 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall)
 	return NULL;
 }
 
-static int get_int(napi_env env, napi_value value, int64_t *out, const char *what)
+static napi_value type_error(napi_env env, const char *message)
 {
-	napi_valuetype type;
-	if (napi_typeof(env, value, &type) != napi_ok || type != napi_number ||
-	    napi_get_value_int64(env, value, out) != napi_ok) {
-		char message[96];
-		snprintf(message, sizeof(message), "%s must be a number", what);
-		napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
-		return -1;
-	}
-	return 0;
+	napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+	return NULL;
 }
 
 /* ioctl(fd, request, arg?) -> int. arg: omitted (0), an integer (passed by value), or a
- * Buffer/TypedArray/DataView (its bytes are passed by address and updated in place). */
+ * Buffer/TypedArray/DataView (its bytes are passed by address and updated in place).
+ * This is the hot path of every VFIO call: each argument is probed by the conversion that accepts
+ * it (napi_*_expected statuses reject the others) rather than by a napi_typeof round trip first. */
 static napi_value js_ioctl(napi_env env, napi_callback_info info)
 {
 	size_t argc = 3;
 	napi_value argv[3], result;
 	int64_t fd, request, value = 0;
 	void *pointer = NULL;
-	bool is_view = false;
+	bool by_address = false;
 
 	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-	if (argc < 2) {
-		napi_throw_type_error(env, "ERR_MISSING_ARGS", "ioctl(fd, request, arg?) needs fd and request");
-		return NULL;
-	}
-	if (get_int(env, argv[0], &fd, "fd") || get_int(env, argv[1], &request, "request"))
-		return NULL;
+	if (argc < 2)
+		return type_error(env, "ioctl(fd, request, arg?) needs fd and request");
+	if (napi_get_value_int64(env, argv[0], &fd) != napi_ok)
+		return type_error(env, "fd must be a number");
+	if (napi_get_value_int64(env, argv[1], &request) != napi_ok)
+		return type_error(env, "request must be a number");
 	if (argc >= 3) {
-		napi_valuetype type;
-		CHECK(env, napi_typeof(env, argv[2], &type));
-		if (type == napi_number) {
-			CHECK(env, napi_get_value_int64(env, argv[2], &value));
-		} else if (type != napi_undefined) {
-			bool is_typed, is_dataview;
-			CHECK(env, napi_is_typedarray(env, argv[2], &is_typed));
-			CHECK(env, napi_is_dataview(env, argv[2], &is_dataview));
-			if (is_typed) {
-				CHECK(env, napi_get_typedarray_info(env, argv[2], NULL, NULL, &pointer, NULL, NULL));
-			} else if (is_dataview) {
-				CHECK(env, napi_get_dataview_info(env, argv[2], NULL, &pointer, NULL, NULL));
+		napi_status number = napi_get_value_int64(env, argv[2], &value);
+		if (number == napi_number_expected) {
+			if (napi_get_typedarray_info(env, argv[2], NULL, NULL, &pointer, NULL, NULL) == napi_ok ||
+			    napi_get_dataview_info(env, argv[2], NULL, &pointer, NULL, NULL) == napi_ok) {
+				by_address = true;
 			} else {
-				napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE",
-						      "ioctl arg must be a number, a Buffer, a TypedArray or a DataView");
-				return NULL;
+				napi_valuetype type;
+				CHECK(env, napi_typeof(env, argv[2], &type));
+				if (type != napi_undefined)
+					return type_error(env, "ioctl arg must be a number, a Buffer, a TypedArray or a DataView");
 			}
-			is_view = true;
+		} else if (number != napi_ok) {
+			return type_error(env, "ioctl arg is not a usable number");
 		}
 	}
-	int ret = is_view ? ioctl((int)fd, (unsigned long)request, pointer)
-			  : ioctl((int)fd, (unsigned long)request, (unsigned long)value);
+	int ret = by_address ? ioctl((int)fd, (unsigned long)request, pointer)
+			     : ioctl((int)fd, (unsigned long)request, (unsigned long)value);
 	if (ret < 0)
 		return throw_errno(env, errno, "ioctl");
 	CHECK(env, napi_create_int32(env, ret, &result));

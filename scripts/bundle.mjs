@@ -1,44 +1,51 @@
-// Bundles the CLI into dist/cli/ (one file plus lazily loaded chunks such as pino's): loading
-// yargs from node_modules file by file costs more than the rest of a command's start-up, and in a
-// test-bed guest (9p root, TCG) several seconds.
+// Bundles the CLI into dist/cli/main.cjs, and a V8 code cache for it (dist/cli/main.cache), which
+// bin/vfio-bind.js uses to skip compiling it. Start-up is what a CLI is measured by: loading yargs
+// from node_modules file by file costs more than the rest of a command (in a TCG guest, seconds), and
+// compiling the bundle was most of what remained. (Node 22's module.enableCompileCache() does the
+// same natively; Node 20 has only vm.Script's cachedData.)
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import * as esbuild from 'esbuild-wasm';
 
-fs.rmSync('dist/cli', { recursive: true, force: true }); // no stale chunks
+fs.rmSync('dist/cli', { recursive: true, force: true }); // no stale files
 
-// string-width (under yargs' help layout) builds an Intl.Segmenter when it is imported, which loads
-// ICU's segmentation data: ~50 ms of every start-up, for help text most commands never print. The
-// patch builds it on first use instead; everything else in the module is unchanged.
-const EAGER_SEGMENTER = 'const segmenter = new Intl.Segmenter();';
-const LAZY_SEGMENTER = 'let lazySegmenter; const segmenter = { segment: (text) => (lazySegmenter ??= new Intl.Segmenter()).segment(text) };';
-const lazySegmenter = {
-  name: 'lazy-intl-segmenter',
+// yargs' imports of string-width go to a shim that loads it on first use (see the shim for why).
+const LAZY_STRING_WIDTH = path.resolve('scripts/lazy-string-width.cjs');
+const lazyStringWidth = {
+  name: 'lazy-string-width',
   setup(build) {
-    build.onLoad({ filter: /[\\/]string-width[\\/]index\.js$/ }, (args) => {
-      const source = fs.readFileSync(args.path, 'utf8');
-      if (!source.includes(EAGER_SEGMENTER)) {
-        throw new Error(`${args.path} no longer has "${EAGER_SEGMENTER}": review the lazy-intl-segmenter patch in scripts/bundle.mjs`);
-      }
-      return { contents: source.replace(EAGER_SEGMENTER, LAZY_SEGMENTER), loader: 'js' };
-    });
+    build.onResolve({ filter: /^string-width$/ }, (args) => (args.importer === LAZY_STRING_WIDTH ? undefined : { path: LAZY_STRING_WIDTH }));
   },
 };
 
 await esbuild.build({
-  entryPoints: { main: 'src/cli/main.ts' },
+  entryPoints: ['src/cli/main.ts'],
+  outfile: 'dist/cli/main.cjs',
   bundle: true,
   platform: 'node',
-  format: 'esm',
+  // CommonJS, because only a classic script can be compiled with a code cache on Node 20.
+  format: 'cjs',
   target: 'node20',
-  // Node 20 has RegExp's v flag, which esbuild's table misses: lowered to new RegExp(..., 'v'), string-width's
-  // \p{RGI_Emoji} pattern costs ~40 ms at start-up, where the literal is compiled on first use.
+  // Node 20 has RegExp's v flag, which esbuild's table misses: lowered to new RegExp(..., 'v'),
+  // string-width's \p{RGI_Emoji} pattern costs ~40 ms at start-up; the literal compiles on first use.
   supported: { 'regexp-set-notation': true },
-  outdir: 'dist/cli',
-  splitting: true,
-  minify: true, // less to parse at every start
+  // pino is loaded only for -v/--log-level, from node_modules.
+  external: ['pino'],
+  minify: !process.env.NO_MINIFY, // less to parse when the cache is rejected (another node)
   sourcemap: true,
   logLevel: 'warning',
-  plugins: [lazySegmenter],
-  // CommonJS dependencies (pino) call require(); give the ESM bundle one.
-  banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" },
+  // yargs (an ES module) locates itself by import.meta.url: give the CommonJS bundle one.
+  define: { 'import.meta.url': '__bundleUrl' },
+  banner: { js: "var __bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
+  plugins: [lazyStringWidth],
 });
+
+// The cache holds what a run compiled, so it is written after one: --help touches the parser, the
+// command table and the help layout.
+fs.rmSync('dist/cli/main.cache', { force: true });
+execFileSync(process.execPath, ['bin/vfio-bind.js', '--help'], {
+  stdio: 'ignore',
+  env: { ...process.env, VFIO_BIND_WRITE_CODE_CACHE: 'dist/cli/main.cache' },
+});
+if (!fs.existsSync('dist/cli/main.cache')) throw new Error('the code cache was not written');

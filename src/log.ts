@@ -2,6 +2,8 @@
 // so embedding it costs nothing; the CLI builds a pino logger on stderr (loaded only when asked).
 
 export interface Logger {
+  /** pino's: lets hot paths skip building log records nobody will see */
+  isLevelEnabled?(level: string): boolean;
   debug(obj: object, msg?: string): void;
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
@@ -9,7 +11,7 @@ export interface Logger {
 }
 
 const noop = (): void => {};
-export const silentLogger: Logger = { debug: noop, info: noop, warn: noop, child: () => silentLogger };
+export const silentLogger: Logger = { isLevelEnabled: () => false, debug: noop, info: noop, warn: noop, child: () => silentLogger };
 
 export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 

@@ -1,7 +1,6 @@
 // The `vfio-bind` command line: a thin shell over the library. Every failure ends as one message (or,
 // with --json, one JSON document on stdout) and a documented exit code; never a stack trace.
 import yargs, { type Argv } from 'yargs';
-import { hideBin } from 'yargs/helpers';
 import { ExitCode, UsageError, VfioError } from '../errors.js';
 import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
 import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
@@ -163,9 +162,4 @@ export async function main(args: string[]): Promise<void> {
       if (!failed.json && !(err instanceof VfioError)) process.stderr.write('  (vfio-bind --help shows the commands)\n');
     });
   await parser.parseAsync();
-}
-
-// Run directly (node dist/src/cli/main.js) as well as through bin/vfio-bind.js.
-if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
-  await main(hideBin(process.argv));
 }

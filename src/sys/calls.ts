@@ -5,21 +5,25 @@ import type { Logger } from '../log.js';
 import { isSysError, type Kernel } from './kernel.js';
 
 export class StepCalls {
+  private readonly debug: boolean;
+
   constructor(
     readonly kernel: Kernel,
     readonly route: RouteName,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.debug = log.isLevelEnabled?.('debug') ?? true;
+  }
 
   /** Runs one step; a system error becomes a StepError for `step`. */
   run<T>(step: string, path: string | undefined, fn: () => T): T {
     try {
       const result = fn();
-      this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
+      if (this.debug) this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
       return result;
     } catch (e) {
       if (!isSysError(e)) throw e;
-      this.log.debug({ route: this.route, step, path, errno: e.code }, 'failed');
+      if (this.debug) this.log.debug({ route: this.route, step, path, errno: e.code }, 'failed');
       throw new StepError(this.route, step, e.code, `${step}${path ? ` (${path})` : ''}: ${e.code}`, path, { cause: e });
     }
   }

@@ -13,9 +13,12 @@ let addon: Addon | undefined;
 
 const ADDON = 'build/Release/vfio_addon.node';
 
-/** The package's addon, found by walking up from this module (compiled, or inside the CLI bundle). */
+/** This module's file: the ES module compiled by tsc, or the CLI's CommonJS bundle (dist/cli). */
+const thisFile = (): string => (typeof __filename === 'string' ? __filename : fileURLToPath(import.meta.url));
+
+/** The package's addon, found by walking up from this module's directory. */
 function addonPath(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
+  let dir = path.dirname(thisFile());
   for (;;) {
     const candidate = path.join(dir, ADDON);
     if (fs.existsSync(candidate)) return candidate;
@@ -29,7 +32,7 @@ function addonPath(): string {
 
 /** Loads build/Release/vfio_addon.node (built by node-gyp at install) once. */
 export function loadAddon(): Addon {
-  if (!addon) addon = createRequire(import.meta.url)(addonPath()) as Addon;
+  if (!addon) addon = createRequire(thisFile())(addonPath()) as Addon;
   return addon;
 }
 
@@ -62,7 +65,8 @@ export class NativeKernel implements Kernel {
     return fs.readlinkSync(path);
   }
   realpath(path: string): string {
-    return fs.realpathSync(path);
+    // realpath(3), one system call: fs.realpathSync walks the path with an lstat per component
+    return fs.realpathSync.native(path);
   }
   readdir(path: string): string[] {
     return fs.readdirSync(path);

@@ -1,11 +1,14 @@
 /*
  * vfio-probe: the test bed's independent witness of what a kernel answers, written in C against the
- * kernel's own uAPI headers so that it shares no code with the library under test.
- *   vfio-probe legacy  DEVICE   container + group route
- *   vfio-probe iommufd DEVICE   cdev + /dev/iommu route
+ * kernel's own uAPI headers so that it shares no code with the library under test. It is also the C
+ * baseline of the benchmarks (bench/): the same ioctl sequence, without Node.
+ *   vfio-probe [-n N] [-i M] legacy  DEVICE   container + group route
+ *   vfio-probe [-n N] [-i M] iommufd DEVICE   cdev + /dev/iommu route
  * DEVICE is a PCI address (0000:00:10.0) or a sysfs device directory (an mdev's, say).
  * Prints one line per step, "STEP <name> ok [detail]" or "STEP <name> <ERRNO>", stops at the first
  * failure, and exits 0 when every step succeeded, 1 otherwise (2 on bad usage).
+ * -n N binds and closes N times (steps printed for the first only) and prints the time per bind;
+ * -i M then sends VFIO_DEVICE_GET_INFO M times on a bound device and prints the time per ioctl.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -16,9 +19,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/iommufd.h>
 #include <linux/vfio.h>
+
+static char sysdir[PATH_MAX / 2];	/* the device's sysfs directory */
+static const char *name;		/* its name: the PCI address or the mdev UUID */
+static int quiet;			/* print failures only */
+static int opened[8], nopened;		/* fds of the current bind, closed by close_all() */
+static int device_fd = -1;		/* the bound device of the current bind */
 
 static const char *errno_name(int e)
 {
@@ -31,18 +41,38 @@ static const char *errno_name(int e)
 	}
 }
 
-static int step(const char *name, long ret, const char *detail)
+static int step(const char *step_name, long ret, const char *detail)
 {
 	if (ret < 0) {
-		printf("STEP %s %s\n", name, errno_name(errno));
+		printf("STEP %s %s\n", step_name, errno_name(errno));
 		return -1;
 	}
-	printf("STEP %s ok%s%s\n", name, detail ? " " : "", detail ? detail : "");
+	if (!quiet)
+		printf("STEP %s ok%s%s\n", step_name, detail ? " " : "", detail ? detail : "");
 	return 0;
 }
 
-static char sysdir[PATH_MAX / 2];	/* the device's sysfs directory */
-static const char *name;	/* its name: the PCI address or the mdev UUID */
+/* an fd this bind owns */
+static int own(int fd)
+{
+	if (fd >= 0)
+		opened[nopened++] = fd;
+	return fd;
+}
+
+static void close_all(void)
+{
+	while (nopened > 0)
+		close(opened[--nopened]);
+	device_fd = -1;
+}
+
+static double now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e9 + t.tv_nsec;
+}
 
 /* readlink of a sysfs attribute of the device, last path component */
 static int sysfs_link_tail(const char *attr, char *out, size_t len)
@@ -57,14 +87,23 @@ static int sysfs_link_tail(const char *attr, char *out, size_t len)
 	return 0;
 }
 
+static int get_info(void)
+{
+	char detail[128];
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+	int r = ioctl(device_fd, VFIO_DEVICE_GET_INFO, &info);
+	snprintf(detail, sizeof(detail), "flags=0x%x regions=%u irqs=%u", info.flags, info.num_regions, info.num_irqs);
+	return step("VFIO_DEVICE_GET_INFO", r, detail) ? 1 : 0;
+}
+
 static int legacy(void)
 {
 	char group[64], detail[128], path[PATH_MAX];
-	int container, group_fd, device;
+	int container, group_fd;
 
 	if (step("readlink-iommu_group", sysfs_link_tail("iommu_group", group, sizeof(group)), group))
 		return 1;
-	container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	container = own(open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC));
 	if (step("open-container", container, NULL))
 		return 1;
 	snprintf(detail, sizeof(detail), "%ld", (long)ioctl(container, VFIO_GET_API_VERSION));
@@ -73,7 +112,7 @@ static int legacy(void)
 	if (access(path, F_OK) != 0)
 		snprintf(path, sizeof(path), "/dev/vfio/noiommu-%s", group);
 	int noiommu = strstr(path, "noiommu-") != NULL;
-	group_fd = open(path, O_RDWR | O_CLOEXEC);
+	group_fd = own(open(path, O_RDWR | O_CLOEXEC));
 	if (step("open-group", group_fd, path))
 		return 1;
 	struct vfio_group_status status = { .argsz = sizeof(status) };
@@ -88,19 +127,16 @@ static int legacy(void)
 	snprintf(detail, sizeof(detail), "type=%d", type);
 	if (step("VFIO_SET_IOMMU", ioctl(container, VFIO_SET_IOMMU, type), detail))
 		return 1;
-	device = ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, name);
-	if (step("VFIO_GROUP_GET_DEVICE_FD", device, NULL))
+	device_fd = own(ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, name));
+	if (step("VFIO_GROUP_GET_DEVICE_FD", device_fd, NULL))
 		return 1;
-	struct vfio_device_info info = { .argsz = sizeof(info) };
-	r = ioctl(device, VFIO_DEVICE_GET_INFO, &info);
-	snprintf(detail, sizeof(detail), "flags=0x%x regions=%u irqs=%u", info.flags, info.num_regions, info.num_irqs);
-	return step("VFIO_DEVICE_GET_INFO", r, detail) ? 1 : 0;
+	return get_info();
 }
 
 static int iommufd(void)
 {
 	char vfio_dev[NAME_MAX + 1], path[PATH_MAX], detail[128];
-	int iommu, device;
+	int iommu;
 	/* the cdev's name is the one vfioN entry of the device's vfio-dev/ directory */
 	snprintf(path, sizeof(path), "%s/vfio-dev", sysdir);
 	DIR *dir = opendir(path);
@@ -116,15 +152,15 @@ static int iommufd(void)
 		step("find-vfio-dev", -1, NULL);
 		return 1;
 	}
-	iommu = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	iommu = own(open("/dev/iommu", O_RDWR | O_CLOEXEC));
 	if (step("open-iommu", iommu, NULL))
 		return 1;
 	snprintf(path, sizeof(path), "/dev/vfio/devices/%s", vfio_dev);
-	device = open(path, O_RDWR | O_CLOEXEC);
-	if (step("open-cdev", device, path))
+	device_fd = own(open(path, O_RDWR | O_CLOEXEC));
+	if (step("open-cdev", device_fd, path))
 		return 1;
 	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommu };
-	int r = ioctl(device, VFIO_DEVICE_BIND_IOMMUFD, &bind);
+	int r = ioctl(device_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind);
 	snprintf(detail, sizeof(detail), "devid=%u", bind.out_devid);
 	if (step("VFIO_DEVICE_BIND_IOMMUFD", r, detail))
 		return 1;
@@ -134,30 +170,60 @@ static int iommufd(void)
 	if (step("IOMMU_IOAS_ALLOC", r, detail))
 		return 1;
 	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach), .pt_id = alloc.out_ioas_id };
-	r = ioctl(device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach);
+	r = ioctl(device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach);
 	snprintf(detail, sizeof(detail), "pt=%u", attach.pt_id);
 	if (step("VFIO_DEVICE_ATTACH_IOMMUFD_PT", r, detail))
 		return 1;
-	struct vfio_device_info info = { .argsz = sizeof(info) };
-	r = ioctl(device, VFIO_DEVICE_GET_INFO, &info);
-	snprintf(detail, sizeof(detail), "flags=0x%x regions=%u irqs=%u", info.flags, info.num_regions, info.num_irqs);
-	return step("VFIO_DEVICE_GET_INFO", r, detail) ? 1 : 0;
+	return get_info();
 }
 
 int main(int argc, char **argv)
 {
+	long binds = 1, infos = 0;
+	int opt;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 3) {
-		if (argv[2][0] == '/')
-			snprintf(sysdir, sizeof(sysdir), "%s", argv[2]);
+	while ((opt = getopt(argc, argv, "n:i:")) != -1) {
+		if (opt == 'n')
+			binds = atol(optarg);
+		else if (opt == 'i')
+			infos = atol(optarg);
 		else
-			snprintf(sysdir, sizeof(sysdir), "/sys/bus/pci/devices/%s", argv[2]);
-		name = strrchr(sysdir, '/') + 1;
-		if (!strcmp(argv[1], "legacy"))
-			return legacy();
-		if (!strcmp(argv[1], "iommufd"))
-			return iommufd();
+			goto usage;
 	}
-	fprintf(stderr, "usage: vfio-probe legacy|iommufd DEVICE\n");
+	if (argc - optind != 2 || binds < 1 || infos < 0)
+		goto usage;
+	const char *route = argv[optind], *device = argv[optind + 1];
+	int (*bind)(void) = !strcmp(route, "legacy") ? legacy : !strcmp(route, "iommufd") ? iommufd : NULL;
+	if (!bind)
+		goto usage;
+	if (device[0] == '/')
+		snprintf(sysdir, sizeof(sysdir), "%s", device);
+	else
+		snprintf(sysdir, sizeof(sysdir), "/sys/bus/pci/devices/%s", device);
+	name = strrchr(sysdir, '/') + 1;
+
+	double start = now_ns();
+	for (long i = 0; i < binds; i++) {
+		int failed = bind();
+		quiet = 1;
+		if (failed)
+			return 1;
+		if (i + 1 < binds)
+			close_all();
+	}
+	if (binds > 1)
+		printf("BENCH %s binds=%ld ns_per_bind=%.0f\n", route, binds, (now_ns() - start) / binds);
+	if (infos > 0) {
+		struct vfio_device_info info = { .argsz = sizeof(info) };
+		start = now_ns();
+		for (long i = 0; i < infos; i++)
+			if (ioctl(device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
+				return step("VFIO_DEVICE_GET_INFO", -1, NULL), 1;
+		printf("BENCH get_info n=%ld ns_per_ioctl=%.1f\n", infos, (now_ns() - start) / infos);
+	}
+	close_all();
+	return 0;
+usage:
+	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] legacy|iommufd DEVICE\n");
 	return 2;
 }

@@ -1,0 +1,73 @@
+// npm run bench: ratios of vfio-bind against C and plain Node, measured side by side in one run.
+//  1. per-ioctl cost through the addon vs a C loop (FIONREAD on a file, here on the host)
+//  2. `vfio-bind --version` start-up vs `node -e 0`
+//  3. in a test-bed guest (iommufd-6.12 + intel-iommu): library bind vs the C witness, both routes,
+//     and VFIO_DEVICE_GET_INFO through the addon vs C (bench/guest.ts)
+// Each comparison alternates the two sides and reports medians. Pass --host to skip the guest.
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadAddon } from '../src/sys/native-kernel.js';
+import { median, ratioLine } from './stats.js';
+
+const root = path.resolve(import.meta.dirname, '../..');
+const FIONREAD = 0x541b;
+
+function ioctlCost(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-bench-'));
+  try {
+    const loop = path.join(dir, 'ioctl-loop');
+    execFileSync('gcc', ['-O2', '-o', loop, path.join(root, 'bench/c/ioctl-loop.c')]);
+    const file = path.join(dir, 'data');
+    fs.writeFileSync(file, 'x'.repeat(100));
+    const addon = loadAddon();
+    const fd = fs.openSync(file, 'r');
+    const out = Buffer.alloc(4);
+    const n = 1_000_000;
+    const js: number[] = [];
+    const c: number[] = [];
+    for (let round = 0; round < 7; round++) {
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) addon.ioctl(fd, FIONREAD, out);
+      js.push(Number(process.hrtime.bigint() - t0) / n);
+      c.push(Number(execFileSync(loop, [String(n), file], { encoding: 'utf8' })));
+    }
+    fs.closeSync(fd);
+    if (out.readInt32LE(0) !== 100) throw new Error('FIONREAD did not report the file size');
+    return ratioLine('ioctl(FIONREAD) through the addon vs C', median(js), median(c), 'ns', 1.1);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function startup(): string {
+  const cli = path.join(root, 'bin/vfio-bind.js');
+  const time = (args: string[]): number => {
+    const t0 = process.hrtime.bigint();
+    const r = spawnSync(process.execPath, args, { stdio: 'ignore' });
+    if (r.status !== 0) throw new Error(`${args.join(' ')} exited ${r.status}`);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  time(['-e', '0']);
+  time([cli, '--version']); // warm the page cache
+  const ours: number[] = [];
+  const base: number[] = [];
+  for (let i = 0; i < 15; i++) {
+    base.push(time(['-e', '0']));
+    ours.push(time([cli, '--version']));
+  }
+  return ratioLine('`vfio-bind --version` vs `node -e 0`', median(ours), median(base), 'ms', 1.3);
+}
+
+console.log(`vfio-bind benchmarks, ${new Date().toISOString()}, node ${process.version}, ${os.cpus().length} cpus`);
+console.log(ioctlCost());
+console.log(startup());
+if (!process.argv.includes('--host')) {
+  console.log('in a test-bed guest (iommufd-6.12-intel; every syscall is emulated by TCG):');
+  const r = spawnSync(path.join(root, 'testbed/matrix.sh'), ['iommufd-6.12-intel', '--', 'node dist/bench/guest.js'], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
+  if (r.status !== 0) {
+    process.stderr.write(r.stderr);
+    process.exitCode = 1;
+  }
+}
