@@ -2,13 +2,24 @@
  * vfio_addon: the few system calls Node cannot make itself, on Node-API. It knows nothing of VFIO:
  * it moves bytes, integers and errnos; struct layouts and ioctl numbers live in TypeScript (src/uapi).
  * A failed call throws an Error with .code (the errno's name), .errno (its number) and .syscall.
+ *
+ * Memory it maps (device regions, DMA buffers) is handed to JavaScript as an external ArrayBuffer.
+ * unmap() detaches it before munmap, so a stale view reads as empty and the accessors here throw,
+ * instead of touching unmapped memory; a mapping that is never unmapped is unmapped when its
+ * ArrayBuffer is collected.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <node_api.h>
+#include <uv.h>
 
 #define CHECK(env, call)                                                                  \
 	do {                                                                              \
@@ -86,10 +97,363 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 	return result;
 }
 
+
+/* ---- mappings ---------------------------------------------------------------------------- */
+
+struct mapping {
+	void *base;
+	size_t length;
+	int unmapped;
+};
+
+static void mapping_finalize(napi_env env, void *data, void *hint)
+{
+	struct mapping *m = hint;
+	(void)env;
+	(void)data;
+	if (!m->unmapped)
+		munmap(m->base, m->length);
+	free(m);
+}
+
+static int get_u64(napi_env env, napi_value value, uint64_t *out, const char *what)
+{
+	bool lossless;
+	int64_t i;
+	if (napi_get_value_bigint_uint64(env, value, out, &lossless) == napi_ok)
+		return 0;
+	if (napi_get_value_int64(env, value, &i) == napi_ok && i >= 0) {
+		*out = (uint64_t)i;
+		return 0;
+	}
+	char message[96];
+	snprintf(message, sizeof(message), "%s must be a non-negative number or bigint", what);
+	type_error(env, message);
+	return -1;
+}
+
+/* Wraps [base, base+length) as an external ArrayBuffer owning the mapping. */
+static napi_value wrap_mapping(napi_env env, void *base, size_t length)
+{
+	struct mapping *m = malloc(sizeof(*m));
+	napi_value buffer;
+	if (!m) {
+		munmap(base, length);
+		return throw_errno(env, ENOMEM, "malloc");
+	}
+	*m = (struct mapping){ base, length, 0 };
+	if (napi_create_external_arraybuffer(env, base, length, mapping_finalize, m, &buffer) != napi_ok) {
+		munmap(base, length);
+		free(m);
+		napi_throw_error(env, "EADDON", "vfio_addon: napi_create_external_arraybuffer failed");
+		return NULL;
+	}
+	/* the mapping record travels with the ArrayBuffer, for unmap() */
+	CHECK(env, napi_wrap(env, buffer, m, NULL, NULL, NULL));
+	return buffer;
+}
+
+/* mmap(fd, offset, length, writable) -> ArrayBuffer: a shared mapping of a device region. */
+static napi_value js_mmap(napi_env env, napi_callback_info info)
+{
+	size_t argc = 4;
+	napi_value argv[4];
+	int64_t fd;
+	uint64_t offset, length;
+	bool writable = false;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 3 || napi_get_value_int64(env, argv[0], &fd) != napi_ok)
+		return type_error(env, "mmap(fd, offset, length, writable)");
+	if (get_u64(env, argv[1], &offset, "offset") || get_u64(env, argv[2], &length, "length"))
+		return NULL;
+	if (argc >= 4)
+		napi_get_value_bool(env, argv[3], &writable);
+	if (length == 0)
+		return type_error(env, "length must not be 0");
+	void *base = mmap(NULL, length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, (int)fd, (off_t)offset);
+	if (base == MAP_FAILED)
+		return throw_errno(env, errno, "mmap");
+	return wrap_mapping(env, base, length);
+}
+
+/* allocDma(length, hugePages) -> ArrayBuffer: page-aligned anonymous memory, populated, for DMA. */
+static napi_value js_alloc_dma(napi_env env, napi_callback_info info)
+{
+	size_t argc = 2;
+	napi_value argv[2];
+	uint64_t length;
+	bool huge = false;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 1 || get_u64(env, argv[0], &length, "length"))
+		return argc < 1 ? type_error(env, "allocDma(length, hugePages)") : NULL;
+	if (argc >= 2)
+		napi_get_value_bool(env, argv[1], &huge);
+	if (length == 0)
+		return type_error(env, "length must not be 0");
+	void *base = mmap(NULL, length, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | (huge ? MAP_HUGETLB : 0), -1, 0);
+	if (base == MAP_FAILED)
+		return throw_errno(env, errno, "mmap");
+	return wrap_mapping(env, base, length);
+}
+
+static struct mapping *get_mapping(napi_env env, napi_value buffer, bool *detached)
+{
+	struct mapping *m = NULL;
+	if (napi_unwrap(env, buffer, (void **)&m) != napi_ok || !m) {
+		type_error(env, "not a mapping made by this addon");
+		return NULL;
+	}
+	if (napi_is_detached_arraybuffer(env, buffer, detached) != napi_ok) {
+		type_error(env, "not an ArrayBuffer");
+		return NULL;
+	}
+	return m;
+}
+
+/* unmap(buffer): detaches the ArrayBuffer (its views become empty), then munmap. Idempotent. */
+static napi_value js_unmap(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1];
+	bool detached;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	struct mapping *m = argc == 1 ? get_mapping(env, argv[0], &detached) : NULL;
+	if (!m)
+		return argc == 1 ? NULL : type_error(env, "unmap(buffer)");
+	if (!m->unmapped) {
+		CHECK(env, napi_detach_arraybuffer(env, argv[0]));
+		munmap(m->base, m->length);
+		m->unmapped = 1;
+	}
+	return NULL;
+}
+
+/* addressOf(buffer) -> bigint: the mapping's virtual address (for DMA map ioctls). */
+static napi_value js_address_of(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1], result;
+	bool detached;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	struct mapping *m = argc == 1 ? get_mapping(env, argv[0], &detached) : NULL;
+	if (!m)
+		return argc == 1 ? NULL : type_error(env, "addressOf(buffer)");
+	if (m->unmapped)
+		return throw_errno(env, EFAULT, "addressOf");
+	CHECK(env, napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)m->base, &result));
+	return result;
+}
+
+/* The address of `width` bytes at `offset` in a live mapping, aligned to the width, or NULL (thrown). */
+static volatile void *register_at(napi_env env, napi_value buffer, napi_value offset_value, int64_t width)
+{
+	bool detached;
+	int64_t offset;
+	struct mapping *m = get_mapping(env, buffer, &detached);
+	if (!m)
+		return NULL;
+	if (m->unmapped || detached) {
+		throw_errno(env, EFAULT, "mmio");
+		return NULL;
+	}
+	if (width != 1 && width != 2 && width != 4 && width != 8) {
+		type_error(env, "width must be 1, 2, 4 or 8");
+		return NULL;
+	}
+	if (napi_get_value_int64(env, offset_value, &offset) != napi_ok || offset < 0 ||
+	    (uint64_t)offset + (uint64_t)width > m->length || offset % width != 0) {
+		napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "register offset out of range or not aligned to its width");
+		return NULL;
+	}
+	return (volatile char *)m->base + offset;
+}
+
+/* mmioRead(buffer, offset, width) -> number (bigint for width 8): exactly one load of that width. */
+static napi_value js_mmio_read(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3;
+	napi_value argv[3], result;
+	int64_t width;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 3 || napi_get_value_int64(env, argv[2], &width) != napi_ok)
+		return type_error(env, "mmioRead(buffer, offset, width)");
+	volatile void *reg = register_at(env, argv[0], argv[1], width);
+	if (!reg)
+		return NULL;
+	switch (width) {
+	case 1: CHECK(env, napi_create_uint32(env, *(volatile uint8_t *)reg, &result)); break;
+	case 2: CHECK(env, napi_create_uint32(env, *(volatile uint16_t *)reg, &result)); break;
+	case 4: CHECK(env, napi_create_uint32(env, *(volatile uint32_t *)reg, &result)); break;
+	default: CHECK(env, napi_create_bigint_uint64(env, *(volatile uint64_t *)reg, &result)); break;
+	}
+	return result;
+}
+
+/* mmioWrite(buffer, offset, width, value): exactly one store of that width. */
+static napi_value js_mmio_write(napi_env env, napi_callback_info info)
+{
+	size_t argc = 4;
+	napi_value argv[4];
+	int64_t width;
+	uint64_t value;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 4 || napi_get_value_int64(env, argv[2], &width) != napi_ok)
+		return type_error(env, "mmioWrite(buffer, offset, width, value)");
+	if (get_u64(env, argv[3], &value, "value"))
+		return NULL;
+	volatile void *reg = register_at(env, argv[0], argv[1], width);
+	if (!reg)
+		return NULL;
+	switch (width) {
+	case 1: *(volatile uint8_t *)reg = (uint8_t)value; break;
+	case 2: *(volatile uint16_t *)reg = (uint16_t)value; break;
+	case 4: *(volatile uint32_t *)reg = (uint32_t)value; break;
+	default: *(volatile uint64_t *)reg = value; break;
+	}
+	return NULL;
+}
+
+/* ---- eventfds ------------------------------------------------------------------------------ */
+
+/* eventfd() -> fd: non-blocking, close-on-exec, counter 0. */
+static napi_value js_eventfd(napi_env env, napi_callback_info info)
+{
+	napi_value result;
+	(void)info;
+	int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (fd < 0)
+		return throw_errno(env, errno, "eventfd");
+	CHECK(env, napi_create_int32(env, fd, &result));
+	return result;
+}
+
+/* A libuv poll handle on an eventfd: each time it becomes readable, its counter is read (which
+ * resets it) and the callback gets the count. Lives on the main loop: no thread per vector. */
+struct watch {
+	uv_poll_t poll;
+	napi_env env;
+	napi_ref callback;
+	napi_async_context async;
+	int fd;
+	int stopped;
+};
+
+static void watch_closed(uv_handle_t *handle)
+{
+	free(handle->data);
+}
+
+static void watch_stop(struct watch *w)
+{
+	if (w->stopped)
+		return;
+	w->stopped = 1;
+	uv_poll_stop(&w->poll);
+	napi_delete_reference(w->env, w->callback);
+	napi_async_destroy(w->env, w->async);
+	uv_close((uv_handle_t *)&w->poll, watch_closed);
+}
+
+static void watch_ready(uv_poll_t *poll, int status, int events)
+{
+	struct watch *w = poll->data;
+	uint64_t count = 0;
+	napi_handle_scope scope;
+	napi_value callback, resource, args[2], ignored;
+	(void)events;
+	if (w->stopped)
+		return;
+	ssize_t n = status < 0 ? -1 : read(w->fd, &count, sizeof(count));
+	if (n < 0 && errno == EAGAIN)
+		return; /* another reader took it */
+	napi_open_handle_scope(w->env, &scope);
+	if (napi_get_reference_value(w->env, w->callback, &callback) == napi_ok && callback) {
+		napi_get_null(w->env, &args[0]);
+		if (n != (ssize_t)sizeof(count)) {
+			napi_value code, msg;
+			int err = status < 0 ? EIO : errno;
+			napi_create_string_utf8(w->env, strerrorname_np(err) ? strerrorname_np(err) : "EIO", NAPI_AUTO_LENGTH, &code);
+			napi_create_string_utf8(w->env, "eventfd read failed", NAPI_AUTO_LENGTH, &msg);
+			napi_create_error(w->env, code, msg, &args[0]);
+			napi_get_undefined(w->env, &args[1]);
+		} else {
+			napi_create_bigint_uint64(w->env, count, &args[1]);
+		}
+		napi_create_object(w->env, &resource);
+		napi_make_callback(w->env, w->async, resource, callback, 2, args, &ignored);
+	}
+	napi_close_handle_scope(w->env, scope);
+}
+
+static void watch_finalize(napi_env env, void *data, void *hint)
+{
+	(void)env;
+	(void)hint;
+	watch_stop(data);
+}
+
+/* watch(fd, callback(err, count)) -> handle: calls back on the main loop when the eventfd fires. */
+static napi_value js_watch(napi_env env, napi_callback_info info)
+{
+	size_t argc = 2;
+	napi_value argv[2], handle, name;
+	int64_t fd;
+	uv_loop_t *loop;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 2 || napi_get_value_int64(env, argv[0], &fd) != napi_ok)
+		return type_error(env, "watch(fd, callback)");
+	struct watch *w = calloc(1, sizeof(*w));
+	if (!w)
+		return throw_errno(env, ENOMEM, "calloc");
+	w->env = env;
+	w->fd = (int)fd;
+	CHECK(env, napi_get_uv_event_loop(env, &loop));
+	int r = uv_poll_init(loop, &w->poll, w->fd);
+	if (r < 0) {
+		free(w);
+		return throw_errno(env, -r, "uv_poll_init");
+	}
+	w->poll.data = w;
+	CHECK(env, napi_create_reference(env, argv[1], 1, &w->callback));
+	CHECK(env, napi_create_string_utf8(env, "vfio-bind:eventfd", NAPI_AUTO_LENGTH, &name));
+	CHECK(env, napi_async_init(env, NULL, name, &w->async));
+	CHECK(env, napi_create_object(env, &handle));
+	CHECK(env, napi_wrap(env, handle, w, watch_finalize, NULL, NULL));
+	r = uv_poll_start(&w->poll, UV_READABLE, watch_ready);
+	if (r < 0) {
+		watch_stop(w);
+		return throw_errno(env, -r, "uv_poll_start");
+	}
+	return handle;
+}
+
+/* unwatch(handle): stops the poll; the eventfd itself is the caller's to close, after this. */
+static napi_value js_unwatch(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1];
+	struct watch *w = NULL;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 1 || napi_remove_wrap(env, argv[0], (void **)&w) != napi_ok || !w)
+		return NULL; /* already unwatched */
+	watch_stop(w);
+	return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
 	napi_property_descriptor props[] = {
 		{ "ioctl", NULL, js_ioctl, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "mmap", NULL, js_mmap, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "allocDma", NULL, js_alloc_dma, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "unmap", NULL, js_unmap, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "addressOf", NULL, js_address_of, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "mmioRead", NULL, js_mmio_read, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "mmioWrite", NULL, js_mmio_write, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "watch", NULL, js_watch, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	CHECK(env, napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
 	return exports;

@@ -116,6 +116,12 @@ export class KernelError extends VfioError {
   readonly exitCode = ExitCode.KERNEL_REFUSED;
 }
 
+/** The device or kernel cannot do what was asked (a reset the device does not support, say). */
+export class UnsupportedError extends VfioError {
+  readonly kind = 'unsupported';
+  readonly exitCode = ExitCode.KERNEL_REFUSED;
+}
+
 /** An operation on a closed device or context: a programming error in the caller. */
 export class ClosedError extends VfioError {
   readonly kind = 'closed';

@@ -8,6 +8,7 @@ import { ContainerContext } from './routes/legacy.js';
 import type { IommuContext } from './routes/route.js';
 import { silentLogger, type Logger } from './log.js';
 import type { RouteName } from './errors.js';
+import { allocDmaBuffer as allocBuffer, type DmaBuffer, type DmaBufferOptions } from './dma/buffer.js';
 
 let defaultKernel: Kernel | undefined;
 /** The real kernel, through the addon (loaded on first use). */
@@ -35,6 +36,14 @@ export function createContext(route: RouteName, options: { logger?: Logger; kern
   return route === 'iommufd' ? IommufdContext.open(kernel, log) : ContainerContext.open(kernel, log);
 }
 
+/**
+ * Allocates memory a device may DMA to: page-aligned, populated, never moved or freed by the garbage
+ * collector while a context maps it. Map it with context.map() (device.context for a device's own).
+ */
+export function allocDmaBuffer(size: number, options: DmaBufferOptions & { kernel?: Kernel } = {}): DmaBuffer {
+  return allocBuffer(options.kernel ?? nativeKernel(), size, options);
+}
+
 /** Where a device is and what the kernel exposes for it, without opening anything. */
 export function locate(spec: string, options: { kernel?: Kernel } = {}): DeviceLocation {
   return locateDevice(options.kernel ?? nativeKernel(), spec);
@@ -43,7 +52,14 @@ export function locate(spec: string, options: { kernel?: Kernel } = {}): DeviceL
 export { listDevices } from './discovery/locate.js';
 export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from './discovery/locate.js';
 export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
-export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions } from './device/device.js';
+export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice } from './device/device.js';
+export type { RegionInfo } from './device/regions.js';
+export { RegionMapping } from './device/mmio.js';
+export { IrqSet, IrqVector, type IrqInfo } from './device/irqs.js';
+export { PCI_COMMAND, PCI_CONFIG, type PciIds, type PciCapability } from './device/config.js';
+export { DmaBuffer, PAGE_SIZE, HUGE_PAGE_SIZE, type DmaBufferOptions } from './dma/buffer.js';
+export type { DmaMapping, DmaMapOptions } from './dma/mappings.js';
+export type { IovaRange } from './dma/iova.js';
 export { IommuContext, type BeforeBindHook } from './routes/route.js';
 export { IommufdContext } from './routes/iommufd.js';
 export { ContainerContext } from './routes/legacy.js';

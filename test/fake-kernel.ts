@@ -748,6 +748,37 @@ export class FakeKernel implements Kernel {
     }
   }
 
+  // Memory and interrupts are not modelled yet: the real-kernel suite covers them.
+  mmap(): ArrayBuffer {
+    throw sysError('EOPNOTSUPP', 'mmap');
+  }
+  allocDma(): ArrayBuffer {
+    throw sysError('EOPNOTSUPP', 'mmap');
+  }
+  unmap(): void {
+    throw sysError('EOPNOTSUPP', 'munmap');
+  }
+  addressOf(): bigint {
+    throw sysError('EOPNOTSUPP', 'addressOf');
+  }
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4): number;
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 8): bigint;
+  mmioRead(): number | bigint {
+    throw sysError('EOPNOTSUPP', 'mmio');
+  }
+  mmioWrite(): void {
+    throw sysError('EOPNOTSUPP', 'mmio');
+  }
+  eventfd(): number {
+    throw sysError('EOPNOTSUPP', 'eventfd');
+  }
+  watch(): object {
+    throw sysError('EOPNOTSUPP', 'watch');
+  }
+  unwatch(): void {
+    throw sysError('EOPNOTSUPP', 'unwatch');
+  }
+
   // -------------------------------------------------------------------------------------------------
   // calls: log, listeners, injected failures
 

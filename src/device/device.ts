@@ -1,14 +1,25 @@
 // A bound VFIO device: what a VMM holds after bind. It owns its device fd (and, when it was opened
 // without a shared context, its IOMMU context) and closes them, in reverse order, exactly once.
 import type { DeviceLocation } from '../discovery/locate.js';
-import { ClosedError, KernelError, StepError, UsageError, type RouteName } from '../errors.js';
+import { ClosedError, KernelError, StepError, UnsupportedError, UsageError, type RouteName } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { bindDevice, type FallbackReport, type RoutePolicy } from '../routes/select.js';
 import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from '../routes/route.js';
 import { StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 import { decode, encode } from '../uapi/struct.js';
-import { VFIO, VFIO_DEVICE_FLAGS, VFIO_PCI_REGION, vfio_device_info } from '../uapi/vfio.js';
+import {
+  VFIO,
+  VFIO_DEVICE_FLAGS,
+  VFIO_PCI_HOT_RESET_FLAG,
+  VFIO_PCI_REGION,
+  vfio_device_info,
+  vfio_pci_dependent_device,
+  vfio_pci_hot_reset_info,
+} from '../uapi/vfio.js';
+import { PCI_CONFIG, readCapabilities, readPciIds, type PciCapability, type PciIds } from './config.js';
+import { absentIrq, IrqSet, IrqVector, readIrqInfo, setIrqEventfds, setIrqNone, type IrqInfo } from './irqs.js';
+import { RegionMapping } from './mmio.js';
 import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
 
 export interface DeviceInfo {
@@ -41,6 +52,15 @@ export interface OpenDeviceOptions {
   kernel?: Kernel;
 }
 
+/** A device a PCI hot reset would also reset. */
+export interface HotResetDevice {
+  /** PCI address */
+  address: string;
+  /** its IOMMU group (legacy route), or its devid in our iommufd context (cdev route; -1 if not ours) */
+  groupId: number | null;
+  devid: number | null;
+}
+
 export function decodeDeviceFlags(flags: number): string[] {
   return Object.entries(VFIO_DEVICE_FLAGS).filter(([, bit]) => (flags & bit) !== 0).map(([name]) => name);
 }
@@ -51,6 +71,8 @@ export class VfioDevice implements Disposable {
   readonly context: IommuContext;
   private readonly cachedInfo: DeviceInfo;
   private regionCache: RegionInfo[] | null = null;
+  private readonly regionMappings = new Set<RegionMapping>();
+  private readonly irqSets = new Map<number, IrqSet>();
   private isClosed = false;
 
   /** @internal use openDevice() */
@@ -89,6 +111,12 @@ export class VfioDevice implements Disposable {
   get fd(): number {
     this.assertOpen();
     return this.binding.deviceFd;
+  }
+
+  /** The group fd on the legacy route (what KVM_DEV_VFIO_FILE_ADD takes there), else null. Owned by the context. */
+  get groupFd(): number | null {
+    this.assertOpen();
+    return this.binding.groupFd ?? null;
   }
 
   info(): DeviceInfo {
@@ -157,6 +185,147 @@ export class VfioDevice implements Disposable {
     this.writeRegion(VFIO_PCI_REGION.CONFIG, offset, buf);
   }
 
+  /** Vendor, device, revision, class and subsystem ids from config space. */
+  pciIds(): PciIds {
+    return readPciIds((offset, width) => this.readConfig(offset, width));
+  }
+
+  /** The standard PCI capability list. */
+  pciCapabilities(): PciCapability[] {
+    return readCapabilities((offset, width) => this.readConfig(offset, width));
+  }
+
+  /** The command register; setCommand() sets bits (MEMORY, MASTER for DMA, ...) and clears others as given. */
+  command(): number {
+    return this.readConfig(PCI_CONFIG.COMMAND, 2);
+  }
+
+  setCommand(set: number, clear = 0): void {
+    this.writeConfig(PCI_CONFIG.COMMAND, 2, (this.command() | set) & ~clear & 0xffff);
+  }
+
+  /**
+   * Maps an mmap-able region (a BAR) into the process, or one area of a region the kernel lets map
+   * only in parts (sparse mmap). Closed with the device.
+   */
+  mapRegion(which: number | string, options: { area?: number; writable?: boolean } = {}): RegionMapping {
+    const region = this.region(which);
+    if (!region.mmappable || region.size === 0n) {
+      throw new UsageError(`region ${region.name} of ${this.name} cannot be mmapped: use readRegion()/writeRegion()`);
+    }
+    let offset = 0n;
+    let size = region.size;
+    if (region.sparseMmap) {
+      const area = region.sparseMmap[options.area ?? 0];
+      if (!area) throw new UsageError(`region ${region.name} has ${region.sparseMmap.length} mmap-able area(s); there is no area ${options.area ?? 0}`);
+      offset = area.offset;
+      size = area.size;
+    } else if (options.area !== undefined && options.area !== 0) {
+      throw new UsageError(`region ${region.name} maps whole: it has no area ${options.area}`);
+    }
+    const writable = options.writable ?? region.writable;
+    const memory = this.kernelStep(() => this.calls().run(`mmap ${region.name}`, undefined, () =>
+      this.kernel.mmap(this.binding.deviceFd, region.offset + offset, Number(size), writable)));
+    const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m));
+    this.regionMappings.add(mapping);
+    return mapping;
+  }
+
+  /** Every IRQ index's info (INTX, MSI, MSIX, ERR, REQ on PCI). */
+  irqs(): IrqInfo[] {
+    this.assertOpen();
+    const pci = this.cachedInfo.flags.includes('PCI');
+    return this.kernelStep(() => {
+      const calls = this.calls();
+      return Array.from({ length: this.cachedInfo.irqs }, (_, i) => {
+        try {
+          return readIrqInfo(calls, this.binding.deviceFd, i, pci);
+        } catch (e) {
+          // vfio-pci answers EINVAL for an index the device lacks (ERR on a device that is not PCIe)
+          if (e instanceof StepError && e.errno === 'EINVAL') return absentIrq(i, pci);
+          throw e;
+        }
+      });
+    });
+  }
+
+  irq(which: number | string): IrqInfo {
+    const irqs = this.irqs();
+    const found = typeof which === 'number' ? irqs[which] : irqs.find((i) => i.name === which.toUpperCase());
+    if (!found) throw new UsageError(`${this.name} has no IRQ index ${String(which)} (it has ${irqs.map((i) => i.name).join(', ')})`);
+    return found;
+  }
+
+  /**
+   * Wires `count` vectors (default: all) of an IRQ index to eventfds. One index at a time: the
+   * kernel does not mix INTx, MSI and MSI-X. Disabled with the device.
+   */
+  enableIrqs(which: number | string, options: { count?: number } = {}): IrqSet {
+    const info = this.irq(which);
+    const count = options.count ?? info.count;
+    if (info.count === 0) throw new UsageError(`${this.name} has no ${info.name} interrupts`);
+    if (!Number.isInteger(count) || count < 1 || count > info.count) {
+      throw new UsageError(`${info.name} of ${this.name} has ${info.count} vector(s); cannot enable ${count}`);
+    }
+    if (!info.eventfd) throw new UnsupportedError(`${info.name} of ${this.name} cannot signal an eventfd`);
+    const active = [...this.irqSets.values()].find((s) => !s.disabled);
+    if (active) throw new UsageError(`${active.info.name} is enabled on ${this.name}: disable it before enabling ${info.name}`);
+    const vectors: IrqVector[] = [];
+    try {
+      const isIntx = info.name === 'INTX';
+      for (let v = 0; v < count; v++) {
+        const efd = this.kernel.eventfd();
+        vectors.push(new IrqVector(this.kernel, v, efd, isIntx ? () => this.kernelStep(() => setIrqNone(this.calls(), this.binding.deviceFd, info.index, 'unmask', 0, 1)) : null));
+      }
+      this.kernelStep(() => setIrqEventfds(this.calls(), this.binding.deviceFd, info.index, 0, vectors.map((v) => v.eventfd)));
+    } catch (e) {
+      for (const v of vectors) v.close();
+      throw e;
+    }
+    const set = new IrqSet(info, vectors,
+      () => this.kernelStep(() => setIrqNone(this.calls(), this.binding.deviceFd, info.index, 'disable')),
+      (s) => this.irqSets.delete(s.info.index));
+    this.irqSets.set(info.index, set);
+    return set;
+  }
+
+  /** VFIO_DEVICE_RESET: a function-level, power-management or bus reset, whichever the kernel can do. */
+  reset(): void {
+    this.assertOpen();
+    if (!this.cachedInfo.flags.includes('RESET')) {
+      throw new UnsupportedError(`${this.name} cannot be reset: it has no FLR or PM reset, and is not alone on a bus the kernel could reset`, {
+        hint: 'a device alone behind a PCIe port (root port or switch port) gets a bus reset',
+      });
+    }
+    this.kernelStep(() => this.calls().ioctl('VFIO_DEVICE_RESET', this.binding.deviceFd, VFIO.DEVICE_RESET));
+  }
+
+  /** Which devices a PCI hot (bus) reset of this device would reset too (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */
+  hotResetInfo(): HotResetDevice[] {
+    this.assertOpen();
+    return this.kernelStep(() => {
+      const calls = this.calls();
+      let buf = encode(vfio_pci_hot_reset_info, { argsz: vfio_pci_hot_reset_info.size });
+      try {
+        calls.ioctl('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', this.binding.deviceFd, VFIO.DEVICE_GET_PCI_HOT_RESET_INFO, buf);
+      } catch (e) {
+        // ENOSPC: the kernel filled in count; ask again with room for the devices
+        if (!(e instanceof StepError) || e.errno !== 'ENOSPC') throw e;
+      }
+      const count = decode(vfio_pci_hot_reset_info, buf).count;
+      const size = vfio_pci_hot_reset_info.size + count * vfio_pci_dependent_device.size;
+      buf = encode(vfio_pci_hot_reset_info, { argsz: size }, size);
+      calls.ioctl('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', this.binding.deviceFd, VFIO.DEVICE_GET_PCI_HOT_RESET_INFO, buf);
+      const info = decode(vfio_pci_hot_reset_info, buf);
+      const byDevid = (info.flags & VFIO_PCI_HOT_RESET_FLAG.DEV_ID) !== 0;
+      return Array.from({ length: info.count }, (_, i) => {
+        const d = decode(vfio_pci_dependent_device, buf, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
+        const address = `${hex(d.segment, 4)}:${hex(d.bus, 2)}:${hex(d.devfn >> 3, 2)}.${d.devfn & 7}`;
+        return { address, groupId: byDevid ? null : d.group_id, devid: byDevid ? d.group_id : null };
+      });
+    });
+  }
+
   private checkedRange(which: number | string, offset: number | bigint, length: number, what: 'read' | 'write'): RegionInfo {
     const region = this.region(which);
     if (typeof offset === 'number' && !Number.isSafeInteger(offset)) throw new UsageError(`offset ${offset} is not an integer`);
@@ -201,10 +370,18 @@ export class VfioDevice implements Disposable {
     if (this.isClosed) throw new ClosedError(`${this.name} is closed`);
   }
 
-  /** Closes the device fd, then (if this device created it) its IOMMU context. Idempotent. */
+  /** Disables its interrupts, unmaps its regions, closes the device fd, then (if this device created it) its IOMMU context. Idempotent. */
   close(): void {
     if (this.isClosed) return;
     this.isClosed = true;
+    for (const set of [...this.irqSets.values()]) {
+      try {
+        set.disable();
+      } catch {
+        // the eventfds are closed either way, and closing the device fd below frees its interrupts
+      }
+    }
+    for (const mapping of [...this.regionMappings]) mapping.close();
     this.context.untrack(this);
     this.binding.release();
     processHolds.release(this.location.sysfsPath, this.location.group?.id ?? null);
@@ -243,3 +420,5 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
     throw e;
   }
 }
+
+const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');

@@ -6,11 +6,11 @@ import {
   VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_CAP_TYPE,
   VFIO_REGION_INFO_FLAG,
-  vfio_info_cap_header,
   vfio_region_info,
   vfio_region_info_cap_sparse_mmap,
   vfio_region_info_cap_type,
   vfio_region_sparse_mmap_area,
+  capabilities,
 } from '../uapi/vfio.js';
 import type { StepCalls } from '../sys/calls.js';
 
@@ -80,16 +80,4 @@ export function readRegionInfo(calls: StepCalls, fd: number, index: number, pci:
     }
   }
   return region;
-}
-
-/** Walks a VFIO info capability chain (offsets from the start of the info buffer; 0 ends it). */
-export function* capabilities(buf: Buffer, first: number): Generator<{ id: number; version: number; at: number }> {
-  const seen = new Set<number>();
-  for (let at = first; at !== 0 && !seen.has(at); ) {
-    if (at + vfio_info_cap_header.size > buf.length) return; // a chain pointing outside the buffer ends here
-    seen.add(at);
-    const header = decode(vfio_info_cap_header, buf, at);
-    yield { id: header.id, version: header.version, at };
-    at = header.next;
-  }
 }

@@ -5,7 +5,16 @@ import type { Logger } from '../log.js';
 import { closeQuietly, FdStack, StepCalls } from '../sys/calls.js';
 import { makedev, type Kernel } from '../sys/kernel.js';
 import { decode, encode } from '../uapi/struct.js';
-import { IOMMU, iommu_ioas_alloc } from '../uapi/iommufd.js';
+import {
+  IOMMU,
+  IOMMU_IOAS_MAP_FLAG,
+  iommu_ioas_alloc,
+  iommu_ioas_iova_ranges,
+  iommu_ioas_map,
+  iommu_ioas_unmap,
+  iommu_iova_range,
+} from '../uapi/iommufd.js';
+import type { IovaRange } from '../dma/iova.js';
 import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd } from '../uapi/vfio.js';
 import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
 
@@ -77,6 +86,50 @@ export class IommufdContext extends IommuContext {
   protected closeResources(): void {
     // Closing the iommufd frees the IOAS and every mapping in it.
     closeQuietly(this.kernel, this.fd);
+  }
+
+  private dmaCalls(): StepCalls {
+    return new StepCalls(this.kernel, 'iommufd', this.log);
+  }
+
+  dmaUnavailable(): string | null {
+    return null; // an IOAS exists (or is made) whether or not a device is attached yet
+  }
+
+  geometry(): { ranges: IovaRange[]; alignment: bigint } {
+    const calls = this.dmaCalls();
+    const ioas = this.ioas(calls);
+    // The ranges come back through a user pointer, so the array lives in addon memory; a page holds 256.
+    const scratch = this.kernel.allocDma(4096, false);
+    try {
+      const capacity = scratch.byteLength / iommu_iova_range.size;
+      const arg = encode(iommu_ioas_iova_ranges, {
+        size: iommu_ioas_iova_ranges.size, ioas_id: ioas, num_iovas: capacity, allowed_iovas: this.kernel.addressOf(scratch),
+      });
+      calls.ioctl('IOMMU_IOAS_IOVA_RANGES', this.fd, IOMMU.IOAS_IOVA_RANGES, arg);
+      const out = decode(iommu_ioas_iova_ranges, arg);
+      const bytes = Buffer.from(scratch);
+      const ranges = Array.from({ length: Math.min(out.num_iovas, capacity) }, (_, i) => {
+        const r = decode(iommu_iova_range, bytes, i * iommu_iova_range.size);
+        return { start: r.start, last: r.last };
+      });
+      return { ranges, alignment: out.out_iova_alignment > 0n ? out.out_iova_alignment : 4096n };
+    } finally {
+      this.kernel.unmap(scratch);
+    }
+  }
+
+  mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
+    const calls = this.dmaCalls();
+    const flags = IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0);
+    const arg = encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags, ioas_id: this.ioas(calls), user_va: vaddr, length: size, iova });
+    calls.ioctl('IOMMU_IOAS_MAP', this.fd, IOMMU.IOAS_MAP, arg);
+  }
+
+  unmapRaw(iova: bigint, size: bigint): void {
+    const calls = this.dmaCalls();
+    const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioas(calls), iova, length: size });
+    calls.ioctl('IOMMU_IOAS_UNMAP', this.fd, IOMMU.IOAS_UNMAP, arg);
   }
 }
 

@@ -8,12 +8,23 @@ import { decode, encode } from '../uapi/struct.js';
 import {
   VFIO,
   VFIO_API_VERSION,
+  VFIO_DMA_MAP_FLAG,
   VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_IOMMU_INFO_CAPS,
+  VFIO_IOMMU_INFO_PGSIZES,
+  VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
   VFIO_NOIOMMU_IOMMU,
   VFIO_TYPE1_IOMMU,
   VFIO_TYPE1v2_IOMMU,
+  capabilities,
   vfio_group_status,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_iommu_type1_info,
+  vfio_iommu_type1_info_cap_iova_range,
+  vfio_iova_range,
 } from '../uapi/vfio.js';
+import type { IovaRange } from '../dma/iova.js';
 import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
 
 export const CONTAINER_NODE = '/dev/vfio/vfio';
@@ -102,6 +113,7 @@ export class ContainerContext extends IommuContext {
       const groupId = group.id;
       return {
         deviceFd,
+        groupFd: held.fd,
         nodes: { container: this.node, group: held.node },
         ids: { group: groupId, iommu_type: this.type! },
         release: () => {
@@ -135,13 +147,67 @@ export class ContainerContext extends IommuContext {
     // Closing the last fd of a group takes it out of the container; the last group takes the type too.
     this.groups.delete(groupId);
     closeQuietly(this.kernel, held.fd);
-    if (this.groups.size === 0) this.type = null;
+    if (this.groups.size === 0) {
+      this.type = null;
+      this.dmaReset(); // the container lost its IOMMU, and the mappings with it
+    }
   }
 
   protected closeResources(): void {
     for (const held of this.groups.values()) closeQuietly(this.kernel, held.fd);
     this.groups.clear();
     closeQuietly(this.kernel, this.fd);
+  }
+
+  private dmaCalls(): StepCalls {
+    return new StepCalls(this.kernel, 'legacy', this.log);
+  }
+
+  dmaUnavailable(): string | null {
+    if (this.type === 'noiommu') return 'its device is in noiommu mode: no IOMMU translates the device\'s DMA';
+    if (this.type === null) return 'no device has joined it yet (a container has no IOMMU until its first group does)';
+    return null;
+  }
+
+  geometry(): { ranges: IovaRange[]; alignment: bigint } {
+    const calls = this.dmaCalls();
+    let buf = encode(vfio_iommu_type1_info, { argsz: vfio_iommu_type1_info.size });
+    calls.ioctl('VFIO_IOMMU_GET_INFO', this.fd, VFIO.IOMMU_GET_INFO, buf);
+    let info = decode(vfio_iommu_type1_info, buf);
+    if ((info.flags & VFIO_IOMMU_INFO_CAPS) !== 0 && info.argsz > buf.length) {
+      buf = encode(vfio_iommu_type1_info, { argsz: info.argsz }, info.argsz);
+      calls.ioctl('VFIO_IOMMU_GET_INFO', this.fd, VFIO.IOMMU_GET_INFO, buf);
+      info = decode(vfio_iommu_type1_info, buf);
+    }
+    // the smallest IOMMU page size is the alignment of IOVAs and sizes
+    const pgsizes = (info.flags & VFIO_IOMMU_INFO_PGSIZES) !== 0 ? info.iova_pgsizes : 4096n;
+    const alignment = pgsizes & -pgsizes;
+    let ranges: IovaRange[] = [{ start: 0n, last: 0xffff_ffff_ffff_ffffn }]; // kernels without the capability
+    if ((info.flags & VFIO_IOMMU_INFO_CAPS) !== 0) {
+      for (const cap of capabilities(buf, info.cap_offset)) {
+        if (cap.id !== VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) continue;
+        const n = decode(vfio_iommu_type1_info_cap_iova_range, buf, cap.at).nr_iovas;
+        ranges = Array.from({ length: n }, (_, i) => {
+          const r = decode(vfio_iova_range, buf, cap.at + vfio_iommu_type1_info_cap_iova_range.size + i * vfio_iova_range.size);
+          return { start: r.start, last: r.end };
+        });
+      }
+    }
+    return { ranges, alignment: alignment > 0n ? alignment : 4096n };
+  }
+
+  mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
+    const flags = (readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (writable ? VFIO_DMA_MAP_FLAG.WRITE : 0);
+    const arg = encode(vfio_iommu_type1_dma_map, { argsz: vfio_iommu_type1_dma_map.size, flags, vaddr, iova, size });
+    this.dmaCalls().ioctl('VFIO_IOMMU_MAP_DMA', this.fd, VFIO.IOMMU_MAP_DMA, arg);
+  }
+
+  unmapRaw(iova: bigint, size: bigint): void {
+    const calls = this.dmaCalls();
+    const arg = encode(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova, size });
+    calls.ioctl('VFIO_IOMMU_UNMAP_DMA', this.fd, VFIO.IOMMU_UNMAP_DMA, arg);
+    const unmapped = decode(vfio_iommu_type1_dma_unmap, arg).size;
+    if (unmapped !== size) calls.fail('VFIO_IOMMU_UNMAP_DMA', null, `the kernel unmapped ${unmapped} of ${size} bytes`);
   }
 }
 

@@ -1,6 +1,9 @@
 // The interface both routes implement, as QEMU's VFIOIOMMUClass has a container and an iommufd
 // backend: a route creates an IOMMU context and binds devices into it.
-import { DeviceBusyError, type RouteName } from '../errors.js';
+import { ClosedError, DeviceBusyError, type RouteName } from '../errors.js';
+import type { DmaBuffer } from '../dma/buffer.js';
+import type { IovaRange } from '../dma/iova.js';
+import { DmaMappings, type DmaBackend, type DmaMapOptions, type DmaMapping } from '../dma/mappings.js';
 import type { DeviceLocation } from '../discovery/locate.js';
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
@@ -13,6 +16,8 @@ export interface Binding {
   deviceFd: number;
   nodes: Record<string, string>;
   ids: Record<string, number | string>;
+  /** the group fd on the legacy route (the file KVM is given), owned by the context */
+  groupFd?: number;
   /** closes the device fd and releases what the context holds for this device (a group reference) */
   release(): void;
 }
@@ -21,10 +26,11 @@ export interface Binding {
  * An IOMMU context: one iommufd with one IOAS, or one legacy container. Devices bound into the same
  * context share one IO address space. Closing it closes the devices still bound into it first.
  */
-export abstract class IommuContext implements Disposable {
+export abstract class IommuContext implements Disposable, DmaBackend {
   abstract readonly route: RouteName;
   private readonly members = new Set<{ close(): void }>();
   private isClosed = false;
+  private dmaState: DmaMappings | null = null;
 
   constructor(
     protected readonly kernel: Kernel,
@@ -52,12 +58,49 @@ export abstract class IommuContext implements Disposable {
 
   protected abstract closeResources(): void;
 
+  // DMA: one API on both routes; the raw ioctls are each route's (DmaBackend).
+  abstract dmaUnavailable(): string | null;
+  abstract geometry(): { ranges: IovaRange[]; alignment: bigint };
+  abstract mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void;
+  abstract unmapRaw(iova: bigint, size: bigint): void;
+
+  protected get dma(): DmaMappings {
+    if (this.isClosed) throw new ClosedError(`this ${this.route} context is closed`);
+    return (this.dmaState ??= new DmaMappings(this, this.kernel));
+  }
+
+  /** Maps a DMA buffer (from allocDmaBuffer) for every device of the context; the context keeps it alive until unmapped. */
+  map(buffer: DmaBuffer, options?: DmaMapOptions): DmaMapping {
+    return this.dma.map(buffer, options);
+  }
+
+  /** Unmaps a mapping (or the mapping at an IOVA). */
+  unmap(mapping: DmaMapping | bigint): void {
+    this.dma.unmap(mapping);
+  }
+
+  /** The IOVA ranges the IOMMU accepts for the devices bound now. */
+  iovaRanges(): IovaRange[] {
+    return this.dma.ranges();
+  }
+
+  /** The current mappings, by IOVA. */
+  mappings(): DmaMapping[] {
+    return this.dmaState?.list() ?? [];
+  }
+
+  /** @internal the kernel dropped every mapping (a container lost its last group) */
+  protected dmaReset(): void {
+    this.dmaState?.reset();
+  }
+
   close(): void {
     if (this.isClosed) return;
     // Closed first: a device that owns this context closes it again from its own close().
     this.isClosed = true;
     for (const device of [...this.members].reverse()) device.close();
-    this.closeResources();
+    this.closeResources(); // the kernel drops the mappings with the fds
+    this.dmaState?.reset();
   }
 
   [Symbol.dispose](): void {

@@ -42,6 +42,27 @@ export interface Kernel {
   exists(path: string): boolean;
   /** access(2) with R_OK|W_OK: could this process open the path read-write? */
   accessible(path: string): boolean;
+
+  // Memory. A mapping is an ArrayBuffer that unmap() detaches (its views go empty) before munmap.
+  /** mmap(2) MAP_SHARED of `length` bytes at `offset` in fd (a device region) */
+  mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer;
+  /** page-aligned anonymous memory, populated (MAP_HUGETLB when hugePages) */
+  allocDma(length: number, hugePages: boolean): ArrayBuffer;
+  /** munmap(2) of a mapping from mmap or allocDma; idempotent */
+  unmap(buffer: ArrayBuffer): void;
+  /** the virtual address of a mapping */
+  addressOf(buffer: ArrayBuffer): bigint;
+  /** one load or store of exactly `width` bytes (MMIO registers answer only certain widths) */
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4): number;
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 8): bigint;
+  mmioWrite(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8, value: number | bigint): void;
+
+  // Interrupts.
+  /** eventfd(2), non-blocking and close-on-exec */
+  eventfd(): number;
+  /** calls back on the event loop each time the eventfd fires, with the count read from it */
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
+  unwatch(handle: object): void;
 }
 
 /** major/minor of a Linux dev_t as glibc encodes it */

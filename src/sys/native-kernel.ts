@@ -7,6 +7,15 @@ import type { FileStat, Kernel } from './kernel.js';
 
 export interface Addon {
   ioctl(fd: number, request: number, arg?: number | ArrayBufferView): number;
+  mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer;
+  allocDma(length: number, hugePages: boolean): ArrayBuffer;
+  unmap(buffer: ArrayBuffer): void;
+  addressOf(buffer: ArrayBuffer): bigint;
+  mmioRead(buffer: ArrayBuffer, offset: number, width: number): number | bigint;
+  mmioWrite(buffer: ArrayBuffer, offset: number, width: number, value: number | bigint): void;
+  eventfd(): number;
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
+  unwatch(handle: object): void;
 }
 
 let addon: Addon | undefined;
@@ -76,6 +85,35 @@ export class NativeKernel implements Kernel {
   }
   exists(path: string): boolean {
     return fs.existsSync(path);
+  }
+  mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer {
+    return this.addon.mmap(fd, offset, length, writable);
+  }
+  allocDma(length: number, hugePages: boolean): ArrayBuffer {
+    return this.addon.allocDma(length, hugePages);
+  }
+  unmap(buffer: ArrayBuffer): void {
+    this.addon.unmap(buffer);
+  }
+  addressOf(buffer: ArrayBuffer): bigint {
+    return this.addon.addressOf(buffer);
+  }
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4): number;
+  mmioRead(buffer: ArrayBuffer, offset: number, width: 8): bigint;
+  mmioRead(buffer: ArrayBuffer, offset: number, width: number): number | bigint {
+    return this.addon.mmioRead(buffer, offset, width);
+  }
+  mmioWrite(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8, value: number | bigint): void {
+    this.addon.mmioWrite(buffer, offset, width, value);
+  }
+  eventfd(): number {
+    return this.addon.eventfd();
+  }
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object {
+    return this.addon.watch(fd, callback);
+  }
+  unwatch(handle: object): void {
+    this.addon.unwatch(handle);
   }
   accessible(path: string): boolean {
     try {

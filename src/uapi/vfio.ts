@@ -1,7 +1,7 @@
 // VFIO's kernel ABI (include/uapi/linux/vfio.h): ioctl numbers, flags and struct layouts.
 // Every number and layout here is checked against the real headers by test/uapi.
 import { IO } from './ioctl.js';
-import { struct } from './struct.js';
+import { decode, struct } from './struct.js';
 
 export const VFIO_TYPE = 0x3b; // ';'
 const VFIO_BASE = 100;
@@ -75,6 +75,7 @@ export const VFIO_IRQ_SET = {
 } as const;
 
 export const VFIO_DMA_MAP_FLAG = { READ: 1 << 0, WRITE: 1 << 1 } as const;
+export const VFIO_PCI_HOT_RESET_FLAG = { DEV_ID: 1 << 0, DEV_ID_OWNED: 1 << 1 } as const;
 export const VFIO_IOMMU_INFO_PGSIZES = 1 << 0;
 export const VFIO_IOMMU_INFO_CAPS = 1 << 1;
 export const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1;
@@ -153,6 +154,18 @@ export const vfio_device_attach_iommufd_pt = struct('vfio_device_attach_iommufd_
 export const vfio_device_detach_iommufd_pt = struct('vfio_device_detach_iommufd_pt', 8, {
   argsz: ['u32', 0], flags: ['u32', 4],
 });
+
+/** Walks a VFIO info capability chain (offsets from the start of the info buffer; 0 ends it). */
+export function* capabilities(buf: Buffer, first: number): Generator<{ id: number; version: number; at: number }> {
+  const seen = new Set<number>();
+  for (let at = first; at !== 0 && !seen.has(at); ) {
+    if (at + vfio_info_cap_header.size > buf.length) return; // a chain pointing outside the buffer ends here
+    seen.add(at);
+    const header = decode(vfio_info_cap_header, buf, at);
+    yield { id: header.id, version: header.version, at };
+    at = header.next;
+  }
+}
 
 /** Every layout above, for the header check. */
 export const VFIO_STRUCTS = [

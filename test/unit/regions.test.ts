@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openDevice } from '../../src/index.js';
 import { ClosedError, KernelError, UsageError } from '../../src/errors.js';
-import { capabilities } from '../../src/device/regions.js';
+import { capabilities } from '../../src/uapi/vfio.js';
 import { VFIO, VFIO_REGION_INFO_FLAG } from '../../src/uapi/vfio.js';
 import { EDU, FakeKernel } from '../fake-kernel.js';
 import { assertNoLeaks, catchError } from '../helpers.js';

@@ -1,0 +1,203 @@
+// Device interrupts on eventfds: VFIO_DEVICE_GET_IRQ_INFO and VFIO_DEVICE_SET_IRQS for INTx, MSI and
+// MSI-X. Each vector signals its own eventfd, which the addon watches on the event loop, so waiting
+// for an interrupt blocks nothing.
+import { ClosedError, UsageError } from '../errors.js';
+import type { StepCalls } from '../sys/calls.js';
+import { closeQuietly } from '../sys/calls.js';
+import type { Kernel } from '../sys/kernel.js';
+import { decode, encode } from '../uapi/struct.js';
+import { VFIO, VFIO_IRQ_INFO_FLAG, VFIO_IRQ_SET, VFIO_PCI_IRQ, vfio_irq_info, vfio_irq_set } from '../uapi/vfio.js';
+
+export interface IrqInfo {
+  index: number;
+  /** INTX, MSI, MSIX, ERR, REQ for a PCI device; IRQ<n> otherwise */
+  name: string;
+  /** vectors (0: the device has none of this kind) */
+  count: number;
+  eventfd: boolean;
+  maskable: boolean;
+  automasked: boolean;
+  noresize: boolean;
+}
+
+const PCI_IRQ_NAMES = Object.fromEntries(Object.entries(VFIO_PCI_IRQ).map(([name, index]) => [index, name]));
+
+const irqName = (index: number, pci: boolean): string => (pci ? PCI_IRQ_NAMES[index] : undefined) ?? `IRQ${index}`;
+
+/** An IRQ index the device does not implement. */
+export function absentIrq(index: number, pci: boolean): IrqInfo {
+  return { index, name: irqName(index, pci), count: 0, eventfd: false, maskable: false, automasked: false, noresize: false };
+}
+
+export function readIrqInfo(calls: StepCalls, fd: number, index: number, pci: boolean): IrqInfo {
+  const buf = encode(vfio_irq_info, { argsz: vfio_irq_info.size, index });
+  calls.ioctl('VFIO_DEVICE_GET_IRQ_INFO', fd, VFIO.DEVICE_GET_IRQ_INFO, buf);
+  const info = decode(vfio_irq_info, buf);
+  return {
+    index,
+    name: irqName(index, pci),
+    count: info.count,
+    eventfd: (info.flags & VFIO_IRQ_INFO_FLAG.EVENTFD) !== 0,
+    maskable: (info.flags & VFIO_IRQ_INFO_FLAG.MASKABLE) !== 0,
+    automasked: (info.flags & VFIO_IRQ_INFO_FLAG.AUTOMASKED) !== 0,
+    noresize: (info.flags & VFIO_IRQ_INFO_FLAG.NORESIZE) !== 0,
+  };
+}
+
+/** VFIO_DEVICE_SET_IRQS with eventfds (or -1 to leave a vector unwired) for vectors start.. */
+export function setIrqEventfds(calls: StepCalls, fd: number, index: number, start: number, eventfds: number[]): void {
+  const buf = encode(vfio_irq_set, {
+    argsz: vfio_irq_set.size + 4 * eventfds.length,
+    flags: VFIO_IRQ_SET.DATA_EVENTFD | VFIO_IRQ_SET.ACTION_TRIGGER,
+    index, start, count: eventfds.length,
+  }, vfio_irq_set.size + 4 * eventfds.length);
+  eventfds.forEach((efd, i) => buf.writeInt32LE(efd, vfio_irq_set.size + 4 * i));
+  calls.ioctl('VFIO_DEVICE_SET_IRQS', fd, VFIO.DEVICE_SET_IRQS, buf);
+}
+
+/** VFIO_DEVICE_SET_IRQS with no data: disable (TRIGGER, count 0) or unmask (UNMASK). */
+export function setIrqNone(calls: StepCalls, fd: number, index: number, action: 'disable' | 'unmask', start = 0, count = 0): void {
+  const flags = VFIO_IRQ_SET.DATA_NONE | (action === 'disable' ? VFIO_IRQ_SET.ACTION_TRIGGER : VFIO_IRQ_SET.ACTION_UNMASK);
+  const buf = encode(vfio_irq_set, { argsz: vfio_irq_set.size, flags, index, start, count: action === 'disable' ? 0 : count });
+  calls.ioctl('VFIO_DEVICE_SET_IRQS', fd, VFIO.DEVICE_SET_IRQS, buf);
+}
+
+interface Waiter {
+  resolve(count: bigint | null): void;
+  reject(e: Error): void;
+  timer?: NodeJS.Timeout;
+}
+
+/**
+ * One interrupt vector: its eventfd, owned here. wait() resolves with the number of interrupts since
+ * the last wait (the eventfd counter), or null at its timeout; `for await` iterates them.
+ */
+export class IrqVector implements AsyncIterable<bigint> {
+  private handle: object | null = null;
+  private readonly waiters: Waiter[] = [];
+  private pending = 0n;
+  private isClosed = false;
+  /** interrupts seen on this vector so far */
+  total = 0n;
+
+  /** @internal */
+  constructor(
+    private readonly kernel: Kernel,
+    readonly vector: number,
+    /** the eventfd the kernel signals (for irqfd wiring: ownership stays here) */
+    readonly eventfd: number,
+    private readonly unmaskFn: (() => void) | null,
+  ) {}
+
+  /** Resolves with the count of interrupts since the last wait, or null after timeoutMs. */
+  wait(options: { timeoutMs?: number } = {}): Promise<bigint | null> {
+    if (this.isClosed) return Promise.reject(new ClosedError(`interrupt vector ${this.vector} is disabled`));
+    if (this.pending > 0n) {
+      const n = this.pending;
+      this.pending = 0n;
+      return Promise.resolve(n);
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject };
+      if (options.timeoutMs !== undefined) {
+        waiter.timer = setTimeout(() => {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1);
+          this.updateWatch();
+          resolve(null);
+        }, options.timeoutMs);
+      }
+      this.waiters.push(waiter);
+      this.updateWatch();
+    });
+  }
+
+  /** Re-enables a level-triggered INTx after the device's condition was cleared (INTx is automasked). */
+  unmask(): void {
+    if (!this.unmaskFn) throw new UsageError(`vector ${this.vector} is not an INTx line: only INTx is unmasked`);
+    if (this.isClosed) throw new ClosedError(`interrupt vector ${this.vector} is disabled`);
+    this.unmaskFn();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<bigint> {
+    for (;;) {
+      const n = await this.wait();
+      if (n === null) return;
+      yield n;
+    }
+  }
+
+  /** The eventfd is watched only while someone waits: an idle vector does not keep the process alive. */
+  private updateWatch(): void {
+    if (this.waiters.length > 0 && !this.handle) {
+      this.handle = this.kernel.watch(this.eventfd, (err, count) => this.fired(err, count));
+    } else if (this.waiters.length === 0 && this.handle) {
+      this.kernel.unwatch(this.handle);
+      this.handle = null;
+    }
+  }
+
+  private fired(err: Error | null, count?: bigint): void {
+    const waiter = this.waiters.shift();
+    if (err) {
+      waiter?.reject(err);
+    } else {
+      this.total += count ?? 0n;
+      if (waiter) waiter.resolve(count ?? 0n);
+      else this.pending += count ?? 0n;
+    }
+    if (waiter?.timer) clearTimeout(waiter.timer);
+    this.updateWatch();
+  }
+
+  /** @internal closes the eventfd (after the kernel was told to stop signalling it) */
+  close(): void {
+    if (this.isClosed) return;
+    this.isClosed = true;
+    if (this.handle) this.kernel.unwatch(this.handle);
+    this.handle = null;
+    for (const w of this.waiters.splice(0)) {
+      if (w.timer) clearTimeout(w.timer);
+      w.reject(new ClosedError(`interrupt vector ${this.vector} was disabled`));
+    }
+    closeQuietly(this.kernel, this.eventfd);
+  }
+}
+
+/** The vectors of one IRQ index wired to eventfds; disable() (or the device's close) unwires them. */
+export class IrqSet implements Disposable {
+  private isDisabled = false;
+
+  /** @internal use VfioDevice.enableIrqs() */
+  constructor(
+    readonly info: IrqInfo,
+    readonly vectors: IrqVector[],
+    private readonly disableFn: () => void,
+    private readonly onDisable: (s: IrqSet) => void,
+  ) {}
+
+  get disabled(): boolean {
+    return this.isDisabled;
+  }
+
+  vector(n: number): IrqVector {
+    const v = this.vectors[n];
+    if (!v) throw new UsageError(`${this.info.name} has ${this.vectors.length} vector(s) enabled; there is no vector ${n}`);
+    return v;
+  }
+
+  /** Tells the kernel to stop signalling, then closes the eventfds. Idempotent. */
+  disable(): void {
+    if (this.isDisabled) return;
+    this.isDisabled = true;
+    try {
+      this.disableFn();
+    } finally {
+      for (const v of this.vectors) v.close();
+      this.onDisable(this);
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.disable();
+  }
+}

@@ -1,0 +1,172 @@
+// The DMA mappings of one IOMMU context, on either route: which DMA buffer sits at which IOVA, an IOVA
+// allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
+import { ClosedError, KernelError, NoRouteError, StepError, UsageError, type RouteName } from '../errors.js';
+import type { Kernel } from '../sys/kernel.js';
+import type { DmaBuffer } from './buffer.js';
+import { IovaAllocator, type IovaRange } from './iova.js';
+
+/** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
+export interface DmaBackend {
+  readonly route: RouteName;
+  /** why this context cannot map at all (noiommu; a container without a group yet), or null */
+  dmaUnavailable(): string | null;
+  /** the IOVA ranges the IOMMU accepts and the alignment of IOVAs and sizes (throws StepError) */
+  geometry(): { ranges: IovaRange[]; alignment: bigint };
+  mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void;
+  unmapRaw(iova: bigint, size: bigint): void;
+}
+
+export interface DmaMapOptions {
+  /** map at this IOVA; by default the lowest free one is chosen */
+  iova?: bigint;
+  /** choose an IOVA below this one (a device's DMA mask: edu's is 28 bits, so 1n << 28n) */
+  limit?: bigint;
+  /** the device may read the buffer (default true) */
+  readable?: boolean;
+  /** the device may write the buffer (default true) */
+  writable?: boolean;
+}
+
+export interface DmaMapping {
+  iova: bigint;
+  size: bigint;
+  buffer: DmaBuffer;
+  readable: boolean;
+  writable: boolean;
+}
+
+const hex = (n: bigint): string => `0x${n.toString(16)}`;
+
+export class DmaMappings {
+  private readonly allocator = new IovaAllocator([]);
+  private alignment = 4096n;
+  private readonly byIova = new Map<bigint, DmaMapping>();
+
+  constructor(
+    private readonly backend: DmaBackend,
+    private readonly kernel: Kernel,
+  ) {}
+
+  /** The allocator with the IOMMU's current ranges: they shrink when a device with reserved regions joins. */
+  private geometry(): IovaAllocator {
+    const g = this.explainFailure(() => this.backend.geometry(), 'the IOVA ranges');
+    this.allocator.ranges = g.ranges;
+    this.alignment = g.alignment;
+    return this.allocator;
+  }
+
+  ranges(): IovaRange[] {
+    this.checkAvailable();
+    return this.geometry().ranges.map((r) => ({ ...r }));
+  }
+
+  list(): DmaMapping[] {
+    return [...this.byIova.values()].sort((a, b) => (a.iova < b.iova ? -1 : 1));
+  }
+
+  map(buffer: DmaBuffer, options: DmaMapOptions = {}): DmaMapping {
+    this.checkAvailable();
+    if (buffer.freed) throw new ClosedError('cannot map a freed DMA buffer');
+    const allocator = this.geometry();
+    const size = BigInt(buffer.size);
+    const align = BigInt(Math.max(buffer.pageSize, Number(this.alignment)));
+    let iova: bigint;
+    if (options.iova !== undefined) {
+      iova = BigInt(options.iova);
+      if (iova % this.alignment !== 0n) {
+        throw new UsageError(`IOVA ${hex(iova)} is not aligned to the IOMMU's ${this.alignment}-byte pages`);
+      }
+      const why = allocator.reserve(iova, size);
+      if (why) throw new UsageError(`cannot map ${size} bytes at IOVA ${hex(iova)}: ${why}`, { hint: this.rangesHint(allocator) });
+    } else {
+      const found = allocator.allocate(size, align, options.limit);
+      if (found === null) {
+        throw new UsageError(`no free IOVA range of ${size} bytes${options.limit !== undefined ? ` below ${hex(options.limit)}` : ''}`, {
+          hint: this.rangesHint(allocator),
+        });
+      }
+      iova = found;
+    }
+    const readable = options.readable ?? true;
+    const writable = options.writable ?? true;
+    try {
+      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, readable, writable), `${size} bytes at IOVA ${hex(iova)}`, size);
+    } catch (e) {
+      allocator.free(iova);
+      throw e;
+    }
+    buffer.retain();
+    const mapping: DmaMapping = { iova, size, buffer, readable, writable };
+    this.byIova.set(iova, mapping);
+    return mapping;
+  }
+
+  unmap(target: DmaMapping | bigint): void {
+    const iova = typeof target === 'bigint' ? target : target.iova;
+    const mapping = this.byIova.get(iova);
+    if (!mapping || (typeof target !== 'bigint' && mapping !== target)) {
+      throw new UsageError(`nothing is mapped at IOVA ${hex(iova)} in this context (unmapped already?)`);
+    }
+    this.explainFailure(() => this.backend.unmapRaw(iova, mapping.size), `IOVA ${hex(iova)}`);
+    this.forget(mapping);
+  }
+
+  /** The kernel dropped every mapping (the context closed, or a container lost its last group). */
+  reset(): void {
+    for (const m of [...this.byIova.values()]) this.forget(m);
+  }
+
+  private forget(m: DmaMapping): void {
+    this.byIova.delete(m.iova);
+    this.allocator.free(m.iova);
+    m.buffer.release();
+  }
+
+  private checkAvailable(): void {
+    const why = this.backend.dmaUnavailable();
+    if (why) throw new NoRouteError(`this ${this.backend.route} context cannot map DMA: ${why}`);
+  }
+
+  private rangesHint(allocator: IovaAllocator): string {
+    return `valid IOVA ranges: ${allocator.ranges.map((r) => `${hex(r.start)}-${hex(r.last)}`).join(', ')}`;
+  }
+
+  /** Runs a raw DMA step; turns the kernel's errno into what a person can act on. */
+  private explainFailure<T>(fn: () => T, what: string, size?: bigint): T {
+    try {
+      return fn();
+    } catch (e) {
+      if (!(e instanceof StepError)) throw e;
+      const base = { errno: e.errno, route: e.route, step: e.step, attempts: [e.attempt], cause: e };
+      if (e.errno === 'ENOMEM' && size !== undefined) {
+        const limit = this.memlock();
+        return fail(new KernelError(
+          `cannot pin ${what} for DMA: the locked-memory limit (RLIMIT_MEMLOCK${limit ? `, now ${limit}` : ''}) is too low (${e.step} answered ENOMEM)`,
+          { ...base, hint: 'raise it (ulimit -l, LimitMEMLOCK= in a systemd unit, or /etc/security/limits.conf), or run with CAP_IPC_LOCK' },
+        ));
+      }
+      if (e.errno === 'ENOSPC' && this.backend.route === 'legacy') {
+        return fail(new KernelError(
+          `cannot map ${what}: the type1 IOMMU holds at most vfio_iommu_type1.dma_entry_limit mappings at once (65535 by default) (${e.step} answered ENOSPC)`,
+          { ...base, hint: 'map fewer, larger buffers, or raise the module parameter vfio_iommu_type1.dma_entry_limit' },
+        ));
+      }
+      return fail(new KernelError(`the kernel refused to ${e.step.includes('UNMAP') ? 'unmap' : 'map'} ${what}: ${e.step} answered ${e.errno ?? e.message}`, base));
+    }
+  }
+
+  /** "soft 8388608, hard 8388608 bytes" from /proc/self/limits, or null. */
+  private memlock(): string | null {
+    try {
+      const line = this.kernel.readText('/proc/self/limits').split('\n').find((l) => l.startsWith('Max locked memory'));
+      const m = line && /Max locked memory\s+(\S+)\s+(\S+)\s+(\S+)/.exec(line);
+      return m ? `soft ${m[1]}, hard ${m[2]} ${m[3]}` : null;
+    } catch {
+      return null;
+    }
+  }
+}
+
+function fail(e: Error): never {
+  throw e;
+}
