@@ -12,15 +12,21 @@ G=$TESTBED_DIR/guest
 E=0000:00:10.0      # QEMU's edu device, bound to vfio-pci by the guest's init
 MTTY_UUID=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
 
+# A second edu at 00:12.0 for two devices in one IOMMU context (the DMA cases); on iommufd-6.12-intel
+# also an edu alone behind a PCIe root port (it gets a bus reset) and an e1000e (MSI-X) for vfio-pci.
+EDU2=(--device edu,addr=12.0)
+MORE_DEVICES=("${EDU2[@]}" --device pcie-root-port,id=rp1,chassis=1,addr=13.0 --device edu,bus=rp1
+              --device e1000e,addr=14.0,romfile= --bind 1234:11e8,1b36:0005,8086:10d3)
+
 # Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options) and CHECK (the guest's assertions).
 # Guest commands see the checkout as their working directory and $VFIO_PROBE, a C witness (guest/vfio-probe.c).
-case_stock-6.1-intel() { KERNEL=stock-6.1 IOMMU=intel
+case_stock-6.1-intel() { KERNEL=stock-6.1 IOMMU=intel VM_ARGS=("${EDU2[@]}")
 	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
 	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
-case_stock-6.12-intel() { KERNEL=stock-6.12 IOMMU=intel
+case_stock-6.12-intel() { KERNEL=stock-6.12 IOMMU=intel VM_ARGS=("${EDU2[@]}")
 	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
 	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
-case_iommufd-6.12-intel() { KERNEL=iommufd-6.12 IOMMU=intel
+case_iommufd-6.12-intel() { KERNEL=iommufd-6.12 IOMMU=intel VM_ARGS=("${MORE_DEVICES[@]}")
 	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=yes cdev=yes iommu=yes
 	       && $G/expect-probe.sh iommufd $E ok && $G/expect-probe.sh legacy $E ok"; }
 # What a container handed only the group node sees; "iommufd not loaded" is no real state (vfio needs it).

@@ -2,6 +2,7 @@
 import type { DeviceLocation } from '../discovery/locate.js';
 import type { RouteReport } from '../device/device.js';
 import type { RegionInfo } from '../device/regions.js';
+import type { IrqInfo } from '../device/irqs.js';
 import type { VfioError } from '../errors.js';
 
 export function formatReport(r: RouteReport): string {
@@ -34,6 +35,14 @@ export function formatRegions(regions: RegionInfo[]): string {
       r.type ? `type ${r.type.type}/${r.type.subtype}` : ''].filter(Boolean).join('; '),
   ]);
   return table(['region', 'size', 'access', 'fd offset', 'notes'], rows);
+}
+
+export function formatIrqs(irqs: IrqInfo[]): string {
+  const rows = irqs.map((i) => [
+    i.name, String(i.count),
+    [i.eventfd ? 'eventfd' : '', i.maskable ? 'maskable' : '', i.automasked ? 'automasked' : '', i.noresize ? 'noresize' : ''].filter(Boolean).join(' '),
+  ]);
+  return table(['irq', 'vectors', 'flags'], rows);
 }
 
 /** What `list` shows per device; the same fields go to --json. */

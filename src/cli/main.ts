@@ -6,7 +6,7 @@ import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
 import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
 import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
-import { formatError, formatList, formatRegions, formatReport, type ListedDevice } from './format.js';
+import { formatError, formatIrqs, formatList, formatRegions, formatReport, type ListedDevice } from './format.js';
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
 
@@ -108,6 +108,7 @@ async function infoCommand(argv: Common & { device: string; route: RoutePolicy }
   try {
     const info = device.info();
     const regions = device.regions();
+    const irqs = device.irqs();
     const pci = info.flags.includes('PCI')
       ? { vendor: device.readConfig(0x00, 2), device: device.readConfig(0x02, 2), class: device.readConfig(0x08, 4) >>> 8 }
       : null;
@@ -117,12 +118,15 @@ async function infoCommand(argv: Common & { device: string; route: RoutePolicy }
         ...(pci ? { pci: { vendor: hex(pci.vendor, 4), device: hex(pci.device, 4), class: hex(pci.class, 6) } } : {}),
         regions: regions.map((r) => ({ ...r, size: r.size.toString(), offset: r.offset.toString(),
           sparseMmap: r.sparseMmap?.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })) ?? null })),
+        irqs,
       }, null, 2));
     } else {
       out(formatReport(device.report));
       if (pci) out(`  pci:    ${hex(pci.vendor, 4)}:${hex(pci.device, 4)} class ${hex(pci.class, 6)}`);
       out('');
       out(formatRegions(regions.filter((r) => r.size > 0n)));
+      out('');
+      out(formatIrqs(irqs.filter((i) => i.count > 0)));
     }
   } finally {
     device.close();

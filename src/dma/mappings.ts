@@ -2,7 +2,7 @@
 // allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
 import { ClosedError, KernelError, NoRouteError, StepError, UsageError, type RouteName } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
-import type { DmaBuffer } from './buffer.js';
+import { DmaBuffer } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
 
 /** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
@@ -65,6 +65,10 @@ export class DmaMappings {
   }
 
   map(buffer: DmaBuffer, options: DmaMapOptions = {}): DmaMapping {
+    if (!(buffer instanceof DmaBuffer)) {
+      // an ordinary Buffer may share its pages with other data, and the garbage collector may free it
+      throw new UsageError('only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved)');
+    }
     this.checkAvailable();
     if (buffer.freed) throw new ClosedError('cannot map a freed DMA buffer');
     const allocator = this.geometry();

@@ -1,3 +1,4 @@
 // Every real-kernel test, in one node process: node takes 1-2.5 s to start in a TCG guest.
 import './bind.test.js';
 import './mdev.test.js';
+import './device.test.js';
