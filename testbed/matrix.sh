@@ -12,11 +12,15 @@ G=$TESTBED_DIR/guest
 E=0000:00:10.0      # QEMU's edu device, bound to vfio-pci by the guest's init
 MTTY_UUID=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
 
-# A second edu at 00:12.0 for two devices in one IOMMU context (the DMA cases); on iommufd-6.12-intel
-# also an edu alone behind a PCIe root port (it gets a bus reset) and an e1000e (MSI-X) for vfio-pci.
+# A second edu at 00:12.0 for two devices in one IOMMU context (the DMA cases). On iommufd-6.12-intel
+# also: an edu alone behind a PCIe root port (it gets a bus reset); an e1000e left to its own driver
+# (MSI-X, and moving drivers); an edu sharing an IOMMU group with two virtio-rngs on virtio-pci behind
+# a PCIe-to-PCI bridge (a group that is not viable, and one that moves only whole).
 EDU2=(--device edu,addr=12.0)
 MORE_DEVICES=("${EDU2[@]}" --device pcie-root-port,id=rp1,chassis=1,addr=13.0 --device edu,bus=rp1
-              --device e1000e,addr=14.0,romfile= --bind 1234:11e8,1b36:0005,8086:10d3)
+              --device e1000e,addr=14.0,romfile= --append vmt.load=e1000e
+              --device pcie-pci-bridge,id=br1,addr=15.0 --device edu,bus=br1,addr=1.0
+              --device virtio-rng-pci,bus=br1,addr=2.0 --device virtio-rng-pci,bus=br1,addr=3.0)
 
 # Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options) and CHECK (the guest's assertions).
 # Guest commands see the checkout as their working directory and $VFIO_PROBE, a C witness (guest/vfio-probe.c).

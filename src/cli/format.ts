@@ -3,6 +3,8 @@ import type { DeviceLocation } from '../discovery/locate.js';
 import type { RouteReport } from '../device/device.js';
 import type { RegionInfo } from '../device/regions.js';
 import type { IrqInfo } from '../device/irqs.js';
+import type { DoctorReport } from '../host/doctor.js';
+import type { SmokeResult } from '../host/smoke.js';
 import type { VfioError } from '../errors.js';
 
 export function formatReport(r: RouteReport): string {
@@ -64,6 +66,25 @@ export function formatList(devices: ListedDevice[]): string {
     d.viable ? '' : 'group not viable',
   ]);
   return table(['device', 'driver', 'group', 'cdev', 'routes', 'notes'], rows);
+}
+
+export function formatDoctor(r: DoctorReport): string {
+  const mark: Record<string, string> = { ok: 'ok  ', info: 'info', warn: 'warn', fail: 'FAIL' };
+  const lines: string[] = [];
+  for (const c of r.checks) {
+    lines.push(`[${mark[c.status]}] ${c.id}: ${c.summary}`);
+    for (const e of c.evidence) lines.push(`         ${e}`);
+    if (c.fix) lines.push(`         fix: ${c.fix}`);
+  }
+  lines.push('', r.verdict);
+  return lines.join('\n');
+}
+
+export function formatSmoke(r: SmokeResult): string {
+  if (r.ok) {
+    return `PASS ${r.device} route=${r.route} ids=${r.ids ?? '-'} regions=${r.regions} irqs=${r.irqs} dma=${r.dma}`;
+  }
+  return `FAIL ${r.device} ${r.error?.kind}: ${r.error?.message}${r.error?.hint ? ` (hint: ${r.error.hint})` : ''}`;
 }
 
 export function describeLocation(l: DeviceLocation): string {

@@ -6,7 +6,7 @@ import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
 import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
 import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
-import { formatError, formatIrqs, formatList, formatRegions, formatReport, type ListedDevice } from './format.js';
+import { formatDoctor, formatError, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
 
@@ -135,6 +135,33 @@ async function infoCommand(argv: Common & { device: string; route: RoutePolicy }
 
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 
+async function driverCommand(argv: Common & { device: string; to?: string; restore: boolean; group: boolean }): Promise<void> {
+  if (argv.to === undefined && !argv.restore) throw new UsageError('say where: --to vfio-pci, or --restore');
+  if (argv.to !== undefined && argv.restore) throw new UsageError('--to and --restore exclude each other');
+  const { moveToVfio, restoreDriver } = await import('../host/driver.js');
+  const options = { group: argv.group, logger: await logger(argv) };
+  const changes = argv.restore ? restoreDriver(nativeKernel(), argv.device, options) : moveToVfio(nativeKernel(), argv.device, options);
+  if (argv.json) out(JSON.stringify({ changes }, null, 2));
+  else for (const c of changes) out(c.changed ? `${c.device}: ${c.from ?? 'no driver'} -> ${c.to ?? 'no driver'}` : `${c.device}: already on ${c.to ?? 'no driver'}, unchanged`);
+}
+
+async function doctorCommand(argv: Common & { device?: string }): Promise<void> {
+  const { doctor } = await import('../host/doctor.js');
+  const report = doctor(nativeKernel(), argv.device);
+  if (argv.json) out(JSON.stringify(report, null, 2));
+  else out(formatDoctor(report));
+  process.exitCode = report.exit_code;
+}
+
+async function smokeCommand(argv: Common & { devices: string[]; route: RoutePolicy }): Promise<void> {
+  const { smokeTest, smokeExitCode } = await import('../host/smoke.js');
+  const log = await logger(argv);
+  const results = argv.devices.map((d) => smokeTest(nativeKernel(), d, { route: argv.route, logger: log }));
+  if (argv.json) out(JSON.stringify({ results }, null, 2));
+  else for (const r of results) out(formatSmoke(r));
+  process.exitCode = smokeExitCode(results);
+}
+
 export async function main(args: string[]): Promise<void> {
   let failed: Common | null = null;
   const parser = yargs(args)
@@ -153,7 +180,19 @@ export async function main(args: string[]): Promise<void> {
     .command('info <device>', 'bind a device and show its flags, regions and PCI ids',
       (y) => routeOption(y).positional('device', { type: 'string', demandOption: true }),
       (a) => run(a as unknown as Common, () => infoCommand(a as never)))
-    .demandCommand(1, 'name a command: list, bind or info')
+    .command('driver <device>', 'move a PCI device to vfio-pci, or back to its own driver (needs root)',
+      (y) => y.positional('device', { type: 'string', demandOption: true })
+        .option('to', { choices: ['vfio-pci'], describe: 'bind the device to vfio-pci (its driver is remembered under /run)' })
+        .option('restore', { type: 'boolean', default: false, describe: 'give it back to the driver it had' })
+        .option('group', { type: 'boolean', default: false, describe: 'move the other devices of its IOMMU group too' }),
+      (a) => run(a as unknown as Common, () => driverCommand(a as never)))
+    .command('doctor [device]', 'check that this host (and a device) can assign devices, with the fix for what is not',
+      (y) => y.positional('device', { type: 'string' }),
+      (a) => run(a as unknown as Common, () => doctorCommand(a as never)))
+    .command('smoke <devices..>', 'bind, read ids, list regions and IRQs, map one DMA page, close: one line per device (for CI)',
+      (y) => routeOption(y).positional('devices', { type: 'string', array: true, demandOption: true }),
+      (a) => run(a as unknown as Common, () => smokeCommand(a as never)))
+    .demandCommand(1, 'name a command: list, bind, info, driver, doctor or smoke')
     .strict()
     .version()
     .help()

@@ -19,7 +19,7 @@ import {
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
 import { IommufdContext } from './iommufd.js';
-import { ContainerContext } from './legacy.js';
+import { CONTAINER_NODE, ContainerContext } from './legacy.js';
 import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from './route.js';
 
 export type RoutePolicy = 'auto' | 'iommufd' | 'legacy';
@@ -278,4 +278,50 @@ export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy:
     return new DeviceNotFoundError(`the group node ${e.path} of ${loc.name} does not exist`, { ...base, hint: 'check that the device is bound to vfio-pci and that /dev/vfio is visible here' });
   }
   return new KernelError(`the kernel refused: ${where}${e.errno ? ` answered ${e.errno}` : `: ${e.message}`}`, base);
+}
+
+/** What `bind` would do, judged from the nodes alone (doctor: nothing is opened). */
+export interface RoutePrediction {
+  route: RouteName | null;
+  /** why this route, or why none */
+  reason: string;
+  /** the iommufd step that would send `auto` to the legacy route */
+  fallback: FallbackReport | null;
+}
+
+/**
+ * Predicts the route `auto` would take for a located device from what exists and is accessible. It
+ * cannot see answers that need an open (EBUSY, EPERM, EINVAL): binding may still meet those.
+ */
+export function predictRoute(kernel: Kernel, loc: DeviceLocation): RoutePrediction {
+  try {
+    checkBindable(loc);
+  } catch (e) {
+    return { route: null, reason: (e as Error).message, fallback: null };
+  }
+  const f: Facts = {
+    kernelHasIommufd: kernel.exists('/sys/class/misc/iommu'),
+    groupUsable: loc.group !== null && kernel.accessible(loc.group.node),
+  };
+  const unavailable = (step: string, errno: string | null, path?: string): FallbackReport => {
+    const rule = FALLBACK_TABLE.find((r) => r.step === step && r.errno === errno)!;
+    return { from: 'iommufd', step, errno, ...(path ? { path } : {}), reason: rule.reason(f) };
+  };
+  let fallback: FallbackReport | null = null;
+  if (!kernel.exists('/dev/iommu')) fallback = unavailable('open /dev/iommu', 'ENOENT', '/dev/iommu');
+  else if (!kernel.accessible('/dev/iommu')) fallback = unavailable('open /dev/iommu', 'EACCES', '/dev/iommu');
+  else if (!loc.cdev?.devnum) fallback = unavailable('find cdev', null);
+  else {
+    const node = loc.cdev.nodes.find((n) => kernel.exists(n));
+    if (!node) fallback = unavailable('open cdev', 'ENOENT', loc.cdev.nodes[0]);
+    else if (!kernel.accessible(node)) fallback = unavailable('open cdev', 'EACCES', node);
+  }
+  if (!fallback) return { route: 'iommufd', reason: `the kernel has iommufd and ${loc.name} has a cdev`, fallback: null };
+  if (!loc.group) return { route: null, reason: `${loc.name} has no IOMMU group, and ${fallback.reason}`, fallback };
+  if (!kernel.exists(CONTAINER_NODE)) return { route: null, reason: `${fallback.reason}, and ${CONTAINER_NODE} does not exist`, fallback };
+  if (!kernel.exists(loc.group.node)) return { route: null, reason: `${fallback.reason}, and ${loc.group.node} does not exist`, fallback };
+  if (!f.groupUsable || !kernel.accessible(CONTAINER_NODE)) {
+    return { route: null, reason: `this user may open neither the iommufd nodes nor ${loc.group.node}`, fallback };
+  }
+  return { route: 'legacy', reason: fallback.reason, fallback };
 }

@@ -39,9 +39,16 @@ export interface Kernel {
   readdir(path: string): string[];
   /** a sysfs attribute's text, trailing newline removed */
   readText(path: string): string;
+  /** a whole file's bytes (/proc/config.gz) */
+  readBytes(path: string): Buffer;
   exists(path: string): boolean;
   /** access(2) with R_OK|W_OK: could this process open the path read-write? */
   accessible(path: string): boolean;
+  /** one write(2) of text to a file (a sysfs attribute, or a state file under /run), created if absent */
+  writeText(path: string, text: string): void;
+  unlink(path: string): void;
+  /** mkdir -p */
+  mkdirp(path: string): void;
 
   // Memory. A mapping is an ArrayBuffer that unmap() detaches (its views go empty) before munmap.
   /** mmap(2) MAP_SHARED of `length` bytes at `offset` in fd (a device region) */

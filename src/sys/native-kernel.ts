@@ -83,6 +83,9 @@ export class NativeKernel implements Kernel {
   readText(path: string): string {
     return fs.readFileSync(path, 'utf8').replace(/\n$/, '');
   }
+  readBytes(path: string): Buffer {
+    return fs.readFileSync(path);
+  }
   exists(path: string): boolean {
     return fs.existsSync(path);
   }
@@ -114,6 +117,15 @@ export class NativeKernel implements Kernel {
   }
   unwatch(handle: object): void {
     this.addon.unwatch(handle);
+  }
+  writeText(path: string, text: string): void {
+    fs.writeFileSync(path, text);
+  }
+  unlink(path: string): void {
+    fs.unlinkSync(path);
+  }
+  mkdirp(path: string): void {
+    fs.mkdirSync(path, { recursive: true });
   }
   accessible(path: string): boolean {
     try {

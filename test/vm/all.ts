@@ -2,3 +2,4 @@
 import './bind.test.js';
 import './mdev.test.js';
 import './device.test.js';
+import './host.test.js';
