@@ -98,6 +98,23 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 }
 
 
+/* ---- live objects, counted so that tests can prove nothing leaks -------------------------- */
+
+static int64_t live_mappings, live_watches;
+
+/* liveCounts() -> { mappings, watches }: mappings not yet unmapped, eventfd watches not yet stopped. */
+static napi_value js_live_counts(napi_env env, napi_callback_info info)
+{
+	napi_value result, mappings, watches;
+	(void)info;
+	CHECK(env, napi_create_object(env, &result));
+	CHECK(env, napi_create_int64(env, live_mappings, &mappings));
+	CHECK(env, napi_create_int64(env, live_watches, &watches));
+	CHECK(env, napi_set_named_property(env, result, "mappings", mappings));
+	CHECK(env, napi_set_named_property(env, result, "watches", watches));
+	return result;
+}
+
 /* ---- mappings ---------------------------------------------------------------------------- */
 
 struct mapping {
@@ -111,8 +128,10 @@ static void mapping_finalize(napi_env env, void *data, void *hint)
 	struct mapping *m = hint;
 	(void)env;
 	(void)data;
-	if (!m->unmapped)
+	if (!m->unmapped) {
 		munmap(m->base, m->length);
+		live_mappings--;
+	}
 	free(m);
 }
 
@@ -142,6 +161,7 @@ static napi_value wrap_mapping(napi_env env, void *base, size_t length)
 		return throw_errno(env, ENOMEM, "malloc");
 	}
 	*m = (struct mapping){ base, length, 0 };
+	live_mappings++;
 	if (napi_create_external_arraybuffer(env, base, length, mapping_finalize, m, &buffer) != napi_ok) {
 		munmap(base, length);
 		free(m);
@@ -225,6 +245,7 @@ static napi_value js_unmap(napi_env env, napi_callback_info info)
 		CHECK(env, napi_detach_arraybuffer(env, argv[0]));
 		munmap(m->base, m->length);
 		m->unmapped = 1;
+		live_mappings--;
 	}
 	return NULL;
 }
@@ -349,6 +370,7 @@ static void watch_stop(struct watch *w)
 	if (w->stopped)
 		return;
 	w->stopped = 1;
+	live_watches--;
 	uv_poll_stop(&w->poll);
 	napi_delete_reference(w->env, w->callback);
 	napi_async_destroy(w->env, w->async);
@@ -408,6 +430,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
 		return throw_errno(env, ENOMEM, "calloc");
 	w->env = env;
 	w->fd = (int)fd;
+	w->stopped = 1; /* until started: watch_stop() on a failure below must not count it */
 	CHECK(env, napi_get_uv_event_loop(env, &loop));
 	int r = uv_poll_init(loop, &w->poll, w->fd);
 	if (r < 0) {
@@ -415,6 +438,8 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
 		return throw_errno(env, -r, "uv_poll_init");
 	}
 	w->poll.data = w;
+	w->stopped = 0;
+	live_watches++;
 	CHECK(env, napi_create_reference(env, argv[1], 1, &w->callback));
 	CHECK(env, napi_create_string_utf8(env, "vfio-bind:eventfd", NAPI_AUTO_LENGTH, &name));
 	CHECK(env, napi_async_init(env, NULL, name, &w->async));
@@ -454,6 +479,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "watch", NULL, js_watch, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "liveCounts", NULL, js_live_counts, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	CHECK(env, napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
 	return exports;

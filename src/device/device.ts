@@ -268,13 +268,15 @@ export class VfioDevice implements Disposable {
       throw new UsageError(`${info.name} of ${this.name} has ${info.count} vector(s); cannot enable ${count}`);
     }
     if (!info.eventfd) throw new UnsupportedError(`${info.name} of ${this.name} cannot signal an eventfd`);
-    const active = [...this.irqSets.values()].find((s) => !s.disabled);
-    if (active) throw new UsageError(`${active.info.name} is enabled on ${this.name}: disable it before enabling ${info.name}`);
+    // INTx, MSI and MSI-X exclude each other (one interrupt mode at a time); ERR and REQ sit beside them.
+    const MODES = ['INTX', 'MSI', 'MSIX'];
+    const clash = [...this.irqSets.values()].find((s) => !s.disabled && (s.info.index === info.index || (MODES.includes(s.info.name) && MODES.includes(info.name))));
+    if (clash) throw new UsageError(`${clash.info.name} is enabled on ${this.name}: disable it before enabling ${info.name}`);
     const vectors: IrqVector[] = [];
     try {
       const isIntx = info.name === 'INTX';
       for (let v = 0; v < count; v++) {
-        const efd = this.kernel.eventfd();
+        const efd = this.kernelStep(() => this.calls().run('eventfd', undefined, () => this.kernel.eventfd()));
         vectors.push(new IrqVector(this.kernel, v, efd, isIntx ? () => this.kernelStep(() => setIrqNone(this.calls(), this.binding.deviceFd, info.index, 'unmask', 0, 1)) : null));
       }
       this.kernelStep(() => setIrqEventfds(this.calls(), this.binding.deviceFd, info.index, 0, vectors.map((v) => v.eventfd)));
@@ -321,7 +323,9 @@ export class VfioDevice implements Disposable {
       return Array.from({ length: info.count }, (_, i) => {
         const d = decode(vfio_pci_dependent_device, buf, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
         const address = `${hex(d.segment, 4)}:${hex(d.bus, 2)}:${hex(d.devfn >> 3, 2)}.${d.devfn & 7}`;
-        return { address, groupId: byDevid ? null : d.group_id, devid: byDevid ? d.group_id : null };
+        // VFIO_PCI_DEVID_NOT_OWNED is -1 in a u32: a device bound to another context
+        const devid = d.group_id === 0xffff_ffff ? -1 : d.group_id;
+        return { address, groupId: byDevid ? null : d.group_id, devid: byDevid ? devid : null };
       });
     });
   }

@@ -50,10 +50,10 @@ export class RegionMapping implements Disposable {
     return this.kernel.mmioRead(this.live(), offset, 8);
   }
   write8(offset: number, value: number): void {
-    this.kernel.mmioWrite(this.writableMemory(), offset, 1, value);
+    this.kernel.mmioWrite(this.writableMemory(), offset, 1, value & 0xff);
   }
   write16(offset: number, value: number): void {
-    this.kernel.mmioWrite(this.writableMemory(), offset, 2, value);
+    this.kernel.mmioWrite(this.writableMemory(), offset, 2, value & 0xffff);
   }
   write32(offset: number, value: number): void {
     this.kernel.mmioWrite(this.writableMemory(), offset, 4, value >>> 0);

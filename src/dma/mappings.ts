@@ -2,7 +2,7 @@
 // allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
 import { ClosedError, KernelError, NoRouteError, StepError, UsageError, type RouteName } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
-import { DmaBuffer } from './buffer.js';
+import { DmaBuffer, PAGE_SIZE } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
 
 /** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
@@ -69,6 +69,9 @@ export class DmaMappings {
       // an ordinary Buffer may share its pages with other data, and the garbage collector may free it
       throw new UsageError('only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved)');
     }
+    if (options.readable === false && options.writable === false) {
+      throw new UsageError('a DMA mapping the device may neither read nor write is no mapping');
+    }
     this.checkAvailable();
     if (buffer.freed) throw new ClosedError('cannot map a freed DMA buffer');
     const allocator = this.geometry();
@@ -77,8 +80,11 @@ export class DmaMappings {
     let iova: bigint;
     if (options.iova !== undefined) {
       iova = BigInt(options.iova);
-      if (iova % this.alignment !== 0n) {
-        throw new UsageError(`IOVA ${hex(iova)} is not aligned to the IOMMU's ${this.alignment}-byte pages`);
+      // At least a page: an IOAS with no device yet reports alignment 1, and a device joining later
+      // would then fail to attach (EADDRINUSE) over a mapping its IOMMU cannot express.
+      const need = this.alignment > BigInt(PAGE_SIZE) ? this.alignment : BigInt(PAGE_SIZE);
+      if (iova % need !== 0n) {
+        throw new UsageError(`IOVA ${hex(iova)} is not aligned to the IOMMU's ${need}-byte pages`);
       }
       const why = allocator.reserve(iova, size);
       if (why) throw new UsageError(`cannot map ${size} bytes at IOVA ${hex(iova)}: ${why}`, { hint: this.rangesHint(allocator) });

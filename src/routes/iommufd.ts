@@ -100,7 +100,7 @@ export class IommufdContext extends IommuContext {
     const calls = this.dmaCalls();
     const ioas = this.ioas(calls);
     // The ranges come back through a user pointer, so the array lives in addon memory; a page holds 256.
-    const scratch = this.kernel.allocDma(4096, false);
+    const scratch = calls.run('allocate the IOVA range list', undefined, () => this.kernel.allocDma(4096, false));
     try {
       const capacity = scratch.byteLength / iommu_iova_range.size;
       const arg = encode(iommu_ioas_iova_ranges, {

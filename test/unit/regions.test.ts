@@ -76,7 +76,7 @@ for (const r of ROUTES) {
       assert.equal(dev.readConfig(0x40, 4), 0xdeadbeef);
       dev.writeRegion('BAR0', 0x80, Buffer.from([1, 2, 3, 4]));
       assert.deepEqual([...dev.readRegion('BAR0', 0x80, 4)], [1, 2, 3, 4]);
-      assert.deepEqual([...dev.readRegion(0, 0xffffc, 4)], [0, 0, 0, 0]);
+      assert.deepEqual([...dev.readRegion(0, 0xffffc, 4)], [0xff, 0xff, 0xff, 0xff]); // edu: no register there reads as all ones
       dev.close();
       assertNoLeaks(k);
     });
