@@ -79,6 +79,12 @@ export class UsageError extends VfioError {
   readonly exitCode = ExitCode.USAGE;
 }
 
+/** A file descriptor handed to us is not open, or not the node it was given as. */
+export class BadFdError extends VfioError {
+  readonly kind = 'bad-fd';
+  readonly exitCode = ExitCode.USAGE;
+}
+
 /** No such device, or it is not bound to a VFIO driver, or its IOMMU group is not fully VFIO's. */
 export class DeviceNotFoundError extends VfioError {
   readonly kind = 'not-found';

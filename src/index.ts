@@ -54,6 +54,7 @@ export { moveToVfio, restoreDriver, vfioUsers, type DriverChange, type DriverOpt
 export { doctor, type DoctorReport, type Check, type CheckStatus } from './host/doctor.js';
 export { smokeTest, type SmokeResult } from './host/smoke.js';
 export { predictRoute, type RoutePrediction } from './routes/select.js';
+export type { PassedFds } from './routes/passed-fds.js';
 export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from './discovery/locate.js';
 export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
 export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice } from './device/device.js';

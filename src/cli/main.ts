@@ -6,6 +6,7 @@ import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
 import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
 import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
+import type { PassedFds } from '../routes/passed-fds.js';
 import { formatDoctor, formatError, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -47,6 +48,32 @@ function report(e: unknown, argv: Common): number {
   return ExitCode.INTERNAL;
 }
 
+/** --device-fd/--iommufd-fd or --group-fd/--container-fd: nodes a privileged parent opened for us. */
+function fdOptions<T>(y: Argv<T>) {
+  return y
+    .option('device-fd', { type: 'number', describe: 'an inherited fd of the device\'s VFIO cdev (with --iommufd-fd)' })
+    .option('iommufd-fd', { type: 'number', describe: 'an inherited fd of /dev/iommu' })
+    .option('group-fd', { type: 'number', describe: 'an inherited fd of the device\'s group node (with --container-fd)' })
+    .option('container-fd', { type: 'number', describe: 'an inherited fd of /dev/vfio/vfio' });
+}
+
+interface FdArgs {
+  'device-fd'?: number;
+  'iommufd-fd'?: number;
+  'group-fd'?: number;
+  'container-fd'?: number;
+}
+
+/** The passed fds, for openDevice; inherited fds are this process's own, so it closes them. */
+function passedFds(argv: FdArgs): { fds: PassedFds; ownFds: boolean } | Record<string, never> {
+  const fds: PassedFds = {};
+  if (argv['device-fd'] !== undefined) fds.device = argv['device-fd'];
+  if (argv['iommufd-fd'] !== undefined) fds.iommufd = argv['iommufd-fd'];
+  if (argv['group-fd'] !== undefined) fds.group = argv['group-fd'];
+  if (argv['container-fd'] !== undefined) fds.container = argv['container-fd'];
+  return Object.keys(fds).length > 0 ? { fds, ownFds: true } : {};
+}
+
 function routeOption<T>(y: Argv<T>) {
   return y.option('route', {
     choices: ROUTE_POLICIES as RoutePolicy[],
@@ -77,8 +104,8 @@ function listCommand(argv: Common): void {
   }
 }
 
-async function bindCommand(argv: Common & { device: string; route: RoutePolicy; hold: boolean }): Promise<void> {
-  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv) });
+async function bindCommand(argv: Common & FdArgs & { device: string; route: RoutePolicy; hold: boolean }): Promise<void> {
+  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv), ...passedFds(argv) });
   try {
     out(argv.json ? JSON.stringify(device.report, null, 2) : formatReport(device.report));
     if (argv.hold) await holdUntilSignal(device.name);
@@ -103,8 +130,8 @@ function holdUntilSignal(name: string): Promise<void> {
   });
 }
 
-async function infoCommand(argv: Common & { device: string; route: RoutePolicy }): Promise<void> {
-  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv) });
+async function infoCommand(argv: Common & FdArgs & { device: string; route: RoutePolicy }): Promise<void> {
+  const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv), ...passedFds(argv) });
   try {
     const info = device.info();
     const regions = device.regions();
@@ -163,6 +190,13 @@ async function smokeCommand(argv: Common & { devices: string[]; route: RoutePoli
 }
 
 export async function main(args: string[]): Promise<void> {
+  // A reader that went away (`vfio-bind list | head -1`) is not an error worth a stack trace.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE') throw e;
+      process.exitCode ??= ExitCode.OK;
+    });
+  }
   let failed: Common | null = null;
   const parser = yargs(args)
     .scriptName('vfio-bind')
@@ -173,12 +207,12 @@ export async function main(args: string[]): Promise<void> {
     .command('list', 'list devices bound to VFIO or VFIO-capable, with the routes that look available', {}, (a) =>
       run(a as unknown as Common, () => listCommand(a as unknown as Common)))
     .command('bind <device>', 'bind a device and report the route taken and why',
-      (y) => routeOption(y)
+      (y) => fdOptions(routeOption(y))
         .positional('device', { type: 'string', demandOption: true, describe: 'PCI address, sysfs path, /dev/vfio/devices/vfioN or mdev UUID' })
         .option('hold', { type: 'boolean', default: false, describe: 'keep the device bound until Ctrl-C' }),
       (a) => run(a as unknown as Common, () => bindCommand(a as never)))
     .command('info <device>', 'bind a device and show its flags, regions and PCI ids',
-      (y) => routeOption(y).positional('device', { type: 'string', demandOption: true }),
+      (y) => fdOptions(routeOption(y)).positional('device', { type: 'string', demandOption: true }),
       (a) => run(a as unknown as Common, () => infoCommand(a as never)))
     .command('driver <device>', 'move a PCI device to vfio-pci, or back to its own driver (needs root)',
       (y) => y.positional('device', { type: 'string', demandOption: true })

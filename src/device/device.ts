@@ -4,6 +4,7 @@ import type { DeviceLocation } from '../discovery/locate.js';
 import { ClosedError, KernelError, StepError, UnsupportedError, UsageError, type RouteName } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { bindDevice, type FallbackReport, type RoutePolicy } from '../routes/select.js';
+import type { PassedFds } from '../routes/passed-fds.js';
 import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from '../routes/route.js';
 import { StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
@@ -50,6 +51,13 @@ export interface OpenDeviceOptions {
   logger?: Logger;
   /** the system-call seam; tests inject a fake */
   kernel?: Kernel;
+  /**
+   * Nodes opened by someone else (an unprivileged VMM's privileged parent): { device, iommufd } or
+   * { group, container }. Each is checked with fstat before use; they decide the route.
+   */
+  fds?: PassedFds;
+  /** close the passed fds with the device (default false: they stay the caller's) */
+  ownFds?: boolean;
 }
 
 /** A device a PCI hot reset would also reset. */
@@ -407,6 +415,7 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
     policy: options.route ?? 'auto',
     ...(options.context ? { context: options.context } : {}),
     ...(options.beforeBind ? { beforeBind: options.beforeBind } : {}),
+    ...(options.fds ? { passed: { fds: options.fds, owned: options.ownFds ?? false } } : {}),
   });
   try {
     const device = new VfioDevice(loc, kernel, log, bound.binding, bound.ownsContext, bound.context, bound.fallback);

@@ -16,7 +16,7 @@ import {
 } from '../uapi/iommufd.js';
 import type { IovaRange } from '../dma/iova.js';
 import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd } from '../uapi/vfio.js';
-import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
+import { IommuContext, type BeforeBindHook, type Binding, type PassedFd } from './route.js';
 
 export const IOMMUFD_NODE = '/dev/iommu';
 
@@ -25,7 +25,7 @@ export class IommufdContext extends IommuContext {
   readonly node = IOMMUFD_NODE;
   private ioasId: number | null = null;
 
-  private constructor(kernel: Kernel, log: Logger, readonly fd: number) {
+  private constructor(kernel: Kernel, log: Logger, readonly fd: number, private readonly ownsFd = true) {
     super(kernel, log);
   }
 
@@ -33,6 +33,11 @@ export class IommufdContext extends IommuContext {
   static open(kernel: Kernel, log: Logger): IommufdContext {
     const calls = new StepCalls(kernel, 'iommufd', log);
     return new IommufdContext(kernel, log, calls.open('open /dev/iommu', IOMMUFD_NODE));
+  }
+
+  /** Uses an iommufd opened by someone else (checked by the caller to be /dev/iommu). */
+  static adopt(kernel: Kernel, log: Logger, passed: PassedFd): IommufdContext {
+    return new IommufdContext(kernel, log, passed.fd, passed.owned);
   }
 
   /** The context's IO address space, allocated on first use (step IOMMU_IOAS_ALLOC). */
@@ -49,7 +54,7 @@ export class IommufdContext extends IommuContext {
     return this.ioasId;
   }
 
-  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding {
+  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding {
     const calls = new StepCalls(this.kernel, 'iommufd', this.log);
     const cdev = loc.cdev;
     if (!cdev) {
@@ -60,7 +65,9 @@ export class IommufdContext extends IommuContext {
     }
     const fds = new FdStack(this.kernel);
     try {
-      const { fd: deviceFd, path } = openCdev(calls, fds, cdev);
+      const { fd: deviceFd, path } = passed
+        ? { fd: passed.owned ? fds.push(passed.fd) : passed.fd, path: `fd ${passed.fd}` }
+        : openCdev(calls, fds, cdev);
       beforeBind?.({ route: 'iommufd', fd: deviceFd, path });
       const bind = encode(vfio_device_bind_iommufd, { argsz: vfio_device_bind_iommufd.size, iommufd: this.fd });
       calls.ioctl('VFIO_DEVICE_BIND_IOMMUFD', deviceFd, VFIO.DEVICE_BIND_IOMMUFD, bind);
@@ -75,7 +82,9 @@ export class IommufdContext extends IommuContext {
         deviceFd,
         nodes: { iommu: this.node, cdev: path },
         ids: { devid, ioas, hwpt },
-        release: () => closeQuietly(this.kernel, deviceFd),
+        release: () => {
+          if (!passed || passed.owned) closeQuietly(this.kernel, deviceFd);
+        },
       };
     } catch (e) {
       fds.closeAll();
@@ -84,8 +93,8 @@ export class IommufdContext extends IommuContext {
   }
 
   protected closeResources(): void {
-    // Closing the iommufd frees the IOAS and every mapping in it.
-    closeQuietly(this.kernel, this.fd);
+    // Closing the iommufd frees the IOAS and every mapping in it (a borrowed one is the lender's).
+    if (this.ownsFd) closeQuietly(this.kernel, this.fd);
   }
 
   private dmaCalls(): StepCalls {

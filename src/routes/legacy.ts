@@ -25,7 +25,7 @@ import {
   vfio_iova_range,
 } from '../uapi/vfio.js';
 import type { IovaRange } from '../dma/iova.js';
-import { IommuContext, type BeforeBindHook, type Binding } from './route.js';
+import { IommuContext, type BeforeBindHook, type Binding, type PassedFd } from './route.js';
 
 export const CONTAINER_NODE = '/dev/vfio/vfio';
 
@@ -40,6 +40,8 @@ interface HeldGroup {
   fd: number;
   node: string;
   devices: number;
+  /** false for a group fd lent by the caller: never closed here */
+  owned: boolean;
 }
 
 export class ContainerContext extends IommuContext {
@@ -48,7 +50,7 @@ export class ContainerContext extends IommuContext {
   private type: LegacyIommuType | null = null;
   private readonly groups = new Map<number, HeldGroup>();
 
-  private constructor(kernel: Kernel, log: Logger, readonly fd: number) {
+  private constructor(kernel: Kernel, log: Logger, readonly fd: number, private readonly ownsFd = true) {
     super(kernel, log);
   }
 
@@ -57,10 +59,7 @@ export class ContainerContext extends IommuContext {
     const calls = new StepCalls(kernel, 'legacy', log);
     const fd = calls.open('open /dev/vfio/vfio', CONTAINER_NODE);
     try {
-      const version = calls.ioctl('VFIO_GET_API_VERSION', fd, VFIO.GET_API_VERSION);
-      if (version !== VFIO_API_VERSION) {
-        calls.fail('VFIO_GET_API_VERSION', null, `the kernel's VFIO API version is ${version}, not ${VFIO_API_VERSION}`, CONTAINER_NODE);
-      }
+      checkApiVersion(calls, fd);
     } catch (e) {
       closeQuietly(kernel, fd);
       throw e;
@@ -68,12 +67,18 @@ export class ContainerContext extends IommuContext {
     return new ContainerContext(kernel, log, fd);
   }
 
+  /** Uses a container opened by someone else (checked by the caller to be /dev/vfio/vfio). */
+  static adopt(kernel: Kernel, log: Logger, passed: PassedFd): ContainerContext {
+    checkApiVersion(new StepCalls(kernel, 'legacy', log), passed.fd);
+    return new ContainerContext(kernel, log, passed.fd, passed.owned);
+  }
+
   /** The IOMMU type set on the container while it holds groups. */
   get iommuType(): LegacyIommuType | null {
     return this.type;
   }
 
-  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding {
+  bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding {
     const calls = new StepCalls(this.kernel, 'legacy', this.log);
     const group = loc.group;
     if (!group) {
@@ -84,7 +89,7 @@ export class ContainerContext extends IommuContext {
     const newGroup = held === undefined;
     try {
       if (!held) {
-        const groupFd = fds.push(calls.open('open group', group.node));
+        const groupFd = passed ? (passed.owned ? fds.push(passed.fd) : passed.fd) : fds.push(calls.open('open group', group.node));
         const status = encode(vfio_group_status, { argsz: vfio_group_status.size });
         calls.ioctl('VFIO_GROUP_GET_STATUS', groupFd, VFIO.GROUP_GET_STATUS, status);
         if ((decode(vfio_group_status, status).flags & VFIO_GROUP_FLAGS_VIABLE) === 0) {
@@ -104,7 +109,7 @@ export class ContainerContext extends IommuContext {
           calls.fail('VFIO_GROUP_SET_CONTAINER', null,
             `group ${group.id} is ${group.noiommu ? '' : 'not '}a noiommu group, and this container's IOMMU type is ${this.type}`, group.node);
         }
-        held = { fd: groupFd, node: group.node, devices: 0 };
+        held = { fd: groupFd, node: passed ? `fd ${passed.fd}` : group.node, devices: 0, owned: !passed || passed.owned };
       }
       const deviceFd = fds.push(calls.ioctl('VFIO_GROUP_GET_DEVICE_FD', held.fd, VFIO.GROUP_GET_DEVICE_FD, cString(loc.name)));
       fds.release();
@@ -123,6 +128,8 @@ export class ContainerContext extends IommuContext {
       };
     } catch (e) {
       fds.closeAll();
+      // a lent group fd stays open: take it out of our container (a no-op if it never got in)
+      if (newGroup && passed && !passed.owned) unsetContainer(this.kernel, passed.fd);
       if (this.groups.size === 0) this.type = null; // the failed group was the only one: the kernel unset the type
       throw e;
     }
@@ -145,8 +152,10 @@ export class ContainerContext extends IommuContext {
     const held = this.groups.get(groupId);
     if (!held || --held.devices > 0) return;
     // Closing the last fd of a group takes it out of the container; the last group takes the type too.
+    // A lent group fd is only taken out (its owner closes it).
     this.groups.delete(groupId);
-    closeQuietly(this.kernel, held.fd);
+    if (held.owned) closeQuietly(this.kernel, held.fd);
+    else unsetContainer(this.kernel, held.fd);
     if (this.groups.size === 0) {
       this.type = null;
       this.dmaReset(); // the container lost its IOMMU, and the mappings with it
@@ -154,9 +163,12 @@ export class ContainerContext extends IommuContext {
   }
 
   protected closeResources(): void {
-    for (const held of this.groups.values()) closeQuietly(this.kernel, held.fd);
+    for (const held of this.groups.values()) {
+      if (held.owned) closeQuietly(this.kernel, held.fd);
+      else unsetContainer(this.kernel, held.fd);
+    }
     this.groups.clear();
-    closeQuietly(this.kernel, this.fd);
+    if (this.ownsFd) closeQuietly(this.kernel, this.fd);
   }
 
   private dmaCalls(): StepCalls {
@@ -208,6 +220,22 @@ export class ContainerContext extends IommuContext {
     calls.ioctl('VFIO_IOMMU_UNMAP_DMA', this.fd, VFIO.IOMMU_UNMAP_DMA, arg);
     const unmapped = decode(vfio_iommu_type1_dma_unmap, arg).size;
     if (unmapped !== size) calls.fail('VFIO_IOMMU_UNMAP_DMA', null, `the kernel unmapped ${unmapped} of ${size} bytes`);
+  }
+}
+
+function checkApiVersion(calls: StepCalls, fd: number): void {
+  const version = calls.ioctl('VFIO_GET_API_VERSION', fd, VFIO.GET_API_VERSION);
+  if (version !== VFIO_API_VERSION) {
+    calls.fail('VFIO_GET_API_VERSION', null, `the kernel's VFIO API version is ${version}, not ${VFIO_API_VERSION}`, CONTAINER_NODE);
+  }
+}
+
+/** Takes a lent group out of our container, leaving its fd open for its owner. */
+function unsetContainer(kernel: Kernel, groupFd: number): void {
+  try {
+    kernel.ioctl(groupFd, VFIO.GROUP_UNSET_CONTAINER);
+  } catch {
+    // already out (or the fd is gone): nothing of ours is left in it either way
   }
 }
 

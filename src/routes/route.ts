@@ -11,6 +11,13 @@ import type { Kernel } from '../sys/kernel.js';
 /** Called with the fd a VMM registers with KVM (KVM_DEV_VFIO_FILE_ADD) before the device is bound. */
 export type BeforeBindHook = (file: { route: RouteName; fd: number; path: string }) => void;
 
+/** A file descriptor someone else opened for us (an unprivileged VMM is handed its nodes). */
+export interface PassedFd {
+  fd: number;
+  /** ours to close (the CLI's inherited fds); otherwise the caller's, never closed here */
+  owned: boolean;
+}
+
 /** One device bound into a context: what the device object then owns. */
 export interface Binding {
   deviceFd: number;
@@ -53,8 +60,8 @@ export abstract class IommuContext implements Disposable, DmaBackend {
     return this.members.size;
   }
 
-  /** @internal binds a located device into this context */
-  abstract bind(loc: DeviceLocation, beforeBind?: BeforeBindHook): Binding;
+  /** @internal binds a located device into this context (from a pre-opened cdev or group fd, if given) */
+  abstract bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding;
 
   protected abstract closeResources(): void;
 

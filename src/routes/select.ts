@@ -15,7 +15,9 @@ import {
   type Attempt,
   type RouteName,
   type VfioError,
+  UsageError,
 } from '../errors.js';
+import { checkPassedFds, type PassedFds } from './passed-fds.js';
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
 import { IommufdContext } from './iommufd.js';
@@ -106,6 +108,8 @@ export interface BindRequest {
   policy: RoutePolicy;
   context?: IommuContext;
   beforeBind?: BeforeBindHook;
+  /** nodes opened by someone else; they decide the route (no fallback) */
+  passed?: { fds: PassedFds; owned: boolean };
 }
 
 export interface BoundRoute {
@@ -124,6 +128,18 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
     kernelHasIommufd: req.kernel.exists('/sys/class/misc/iommu'),
     groupUsable: loc.group !== null && req.kernel.accessible(loc.group.node),
   });
+  if (req.passed) {
+    const route = checkPassedFds(req.kernel, loc, req.passed.fds, req.context?.route ?? null);
+    if (req.context && req.context.route !== route) {
+      throw new UsageError(`the fds passed are for the ${route} route, but the context is a ${req.context.route} one`);
+    }
+    try {
+      return attempt(route, loc, req, null);
+    } catch (e) {
+      if (e instanceof StepError) throw explain(e, loc, facts(), route, [e.attempt]);
+      throw e;
+    }
+  }
   const policy: RoutePolicy = req.context ? req.context.route : req.policy;
   if (policy === 'legacy') {
     try {
@@ -169,11 +185,16 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
 function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallback: FallbackReport | null): BoundRoute {
   if (req.context?.closed) throw new ClosedError(`cannot bind ${loc.name} into a closed ${req.context.route} context`);
   const own = !req.context;
-  const context = req.context ?? (route === 'iommufd' ? IommufdContext.open(req.kernel, req.log) : ContainerContext.open(req.kernel, req.log));
+  const fds = req.passed?.fds;
+  const owned = req.passed?.owned ?? false;
+  const context = req.context ?? (route === 'iommufd'
+    ? (fds?.iommufd !== undefined ? IommufdContext.adopt(req.kernel, req.log, { fd: fds.iommufd, owned }) : IommufdContext.open(req.kernel, req.log))
+    : (fds?.container !== undefined ? ContainerContext.adopt(req.kernel, req.log, { fd: fds.container, owned }) : ContainerContext.open(req.kernel, req.log)));
+  const passedFd = fds ? (route === 'iommufd' ? fds.device : fds.group) : undefined;
   try {
     processHolds.claim(context, loc.sysfsPath, loc.name, loc.group?.id ?? null);
     try {
-      const binding = context.bind(loc, req.beforeBind);
+      const binding = context.bind(loc, req.beforeBind, passedFd === undefined ? undefined : { fd: passedFd, owned });
       return { route, context, ownsContext: own, binding, fallback };
     } catch (e) {
       processHolds.release(loc.sysfsPath, loc.group?.id ?? null);
