@@ -137,18 +137,8 @@ export class VfioDevice implements Disposable {
     this.assertOpen();
     if (!this.regionCache) {
       const pci = this.cachedInfo.flags.includes('PCI');
-      this.regionCache = this.kernelStep(() => {
-        const calls = this.calls();
-        return Array.from({ length: this.cachedInfo.regions }, (_, i) => {
-          try {
-            return readRegionInfo(calls, this.binding.deviceFd, i, pci);
-          } catch (e) {
-            // vfio-pci answers EINVAL for a region the device lacks (VGA on a non-VGA device).
-            if (e instanceof StepError && e.errno === 'EINVAL') return absentRegion(i, pci);
-            throw e;
-          }
-        });
-      });
+      this.regionCache = this.readEach(this.cachedInfo.regions,
+        (calls, i) => readRegionInfo(calls, this.binding.deviceFd, i, pci), (i) => absentRegion(i, pci));
     }
     return this.regionCache.map((r) => ({ ...r }));
   }
@@ -243,18 +233,7 @@ export class VfioDevice implements Disposable {
   irqs(): IrqInfo[] {
     this.assertOpen();
     const pci = this.cachedInfo.flags.includes('PCI');
-    return this.kernelStep(() => {
-      const calls = this.calls();
-      return Array.from({ length: this.cachedInfo.irqs }, (_, i) => {
-        try {
-          return readIrqInfo(calls, this.binding.deviceFd, i, pci);
-        } catch (e) {
-          // vfio-pci answers EINVAL for an index the device lacks (ERR on a device that is not PCIe)
-          if (e instanceof StepError && e.errno === 'EINVAL') return absentIrq(i, pci);
-          throw e;
-        }
-      });
-    });
+    return this.readEach(this.cachedInfo.irqs, (calls, i) => readIrqInfo(calls, this.binding.deviceFd, i, pci), (i) => absentIrq(i, pci));
   }
 
   irq(which: number | string): IrqInfo {
@@ -350,6 +329,24 @@ export class VfioDevice implements Disposable {
       throw new UsageError(`${what} of ${length} bytes at ${start} is outside ${region.name} (size ${region.size})`);
     }
     return region;
+  }
+
+  /**
+   * Reads the info of every region or IRQ index. vfio-pci answers EINVAL for an index the device
+   * lacks (the VGA region of a non-VGA device, ERR on one that is not PCIe): that index reads as absent.
+   */
+  private readEach<T>(count: number, read: (calls: StepCalls, index: number) => T, absent: (index: number) => T): T[] {
+    return this.kernelStep(() => {
+      const calls = this.calls();
+      return Array.from({ length: count }, (_, i) => {
+        try {
+          return read(calls, i);
+        } catch (e) {
+          if (e instanceof StepError && e.errno === 'EINVAL') return absent(i);
+          throw e;
+        }
+      });
+    });
   }
 
   private calls(): StepCalls {

@@ -50,12 +50,13 @@ export class IommufdContext extends IommuContext {
     return this.ioasId;
   }
 
+  /** The IOAS id once allocated (for iommufd ioctls this library does not wrap), else null. */
   get ioasIdOrNull(): number | null {
     return this.ioasId;
   }
 
   bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding {
-    const calls = new StepCalls(this.kernel, 'iommufd', this.log);
+    const calls = this.steps();
     const cdev = loc.cdev;
     if (!cdev) {
       return calls.fail('find cdev', null, `${loc.name} has no vfio-dev entry in sysfs`, `${loc.sysfsPath}/vfio-dev`);
@@ -97,16 +98,12 @@ export class IommufdContext extends IommuContext {
     if (this.ownsFd) closeQuietly(this.kernel, this.fd);
   }
 
-  private dmaCalls(): StepCalls {
-    return new StepCalls(this.kernel, 'iommufd', this.log);
-  }
-
   dmaUnavailable(): string | null {
     return null; // an IOAS exists (or is made) whether or not a device is attached yet
   }
 
   geometry(): { ranges: IovaRange[]; alignment: bigint } {
-    const calls = this.dmaCalls();
+    const calls = this.steps();
     const ioas = this.ioas(calls);
     // The ranges come back through a user pointer, so the array lives in addon memory; a page holds 256.
     const scratch = calls.run('allocate the IOVA range list', undefined, () => this.kernel.allocDma(4096, false));
@@ -129,14 +126,14 @@ export class IommufdContext extends IommuContext {
   }
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
-    const calls = this.dmaCalls();
+    const calls = this.steps();
     const flags = IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0);
     const arg = encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags, ioas_id: this.ioas(calls), user_va: vaddr, length: size, iova });
     calls.ioctl('IOMMU_IOAS_MAP', this.fd, IOMMU.IOAS_MAP, arg);
   }
 
   unmapRaw(iova: bigint, size: bigint): void {
-    const calls = this.dmaCalls();
+    const calls = this.steps();
     const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioas(calls), iova, length: size });
     calls.ioctl('IOMMU_IOAS_UNMAP', this.fd, IOMMU.IOAS_UNMAP, arg);
   }

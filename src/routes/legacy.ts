@@ -79,7 +79,7 @@ export class ContainerContext extends IommuContext {
   }
 
   bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding {
-    const calls = new StepCalls(this.kernel, 'legacy', this.log);
+    const calls = this.steps();
     const group = loc.group;
     if (!group) {
       return calls.fail('find group', 'ENOENT', `${loc.name} has no IOMMU group`, `${loc.sysfsPath}/iommu_group`);
@@ -171,10 +171,6 @@ export class ContainerContext extends IommuContext {
     if (this.ownsFd) closeQuietly(this.kernel, this.fd);
   }
 
-  private dmaCalls(): StepCalls {
-    return new StepCalls(this.kernel, 'legacy', this.log);
-  }
-
   dmaUnavailable(): string | null {
     if (this.type === 'noiommu') return 'its device is in noiommu mode: no IOMMU translates the device\'s DMA';
     if (this.type === null) return 'no device has joined it yet (a container has no IOMMU until its first group does)';
@@ -182,7 +178,7 @@ export class ContainerContext extends IommuContext {
   }
 
   geometry(): { ranges: IovaRange[]; alignment: bigint } {
-    const calls = this.dmaCalls();
+    const calls = this.steps();
     let buf = encode(vfio_iommu_type1_info, { argsz: vfio_iommu_type1_info.size });
     calls.ioctl('VFIO_IOMMU_GET_INFO', this.fd, VFIO.IOMMU_GET_INFO, buf);
     let info = decode(vfio_iommu_type1_info, buf);
@@ -211,11 +207,11 @@ export class ContainerContext extends IommuContext {
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
     const flags = (readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (writable ? VFIO_DMA_MAP_FLAG.WRITE : 0);
     const arg = encode(vfio_iommu_type1_dma_map, { argsz: vfio_iommu_type1_dma_map.size, flags, vaddr, iova, size });
-    this.dmaCalls().ioctl('VFIO_IOMMU_MAP_DMA', this.fd, VFIO.IOMMU_MAP_DMA, arg);
+    this.steps().ioctl('VFIO_IOMMU_MAP_DMA', this.fd, VFIO.IOMMU_MAP_DMA, arg);
   }
 
   unmapRaw(iova: bigint, size: bigint): void {
-    const calls = this.dmaCalls();
+    const calls = this.steps();
     const arg = encode(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova, size });
     calls.ioctl('VFIO_IOMMU_UNMAP_DMA', this.fd, VFIO.IOMMU_UNMAP_DMA, arg);
     const unmapped = decode(vfio_iommu_type1_dma_unmap, arg).size;

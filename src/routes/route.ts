@@ -7,6 +7,7 @@ import { DmaMappings, type DmaBackend, type DmaMapOptions, type DmaMapping } fro
 import type { DeviceLocation } from '../discovery/locate.js';
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
+import { StepCalls } from '../sys/calls.js';
 
 /** Called with the fd a VMM registers with KVM (KVM_DEV_VFIO_FILE_ADD) before the device is bound. */
 export type BeforeBindHook = (file: { route: RouteName; fd: number; path: string }) => void;
@@ -46,6 +47,11 @@ export abstract class IommuContext implements Disposable, DmaBackend {
 
   get closed(): boolean {
     return this.isClosed;
+  }
+
+  /** System calls as steps of this context's route (logged; failures become StepErrors). */
+  protected steps(): StepCalls {
+    return new StepCalls(this.kernel, this.route, this.log);
   }
 
   /** @internal a device bound into this context registers itself so that close() can close it */
