@@ -47,7 +47,7 @@ done < <(grep -E '^CONFIG_' "$FRAGMENT")
 [ $bad = 0 ] || die "the config fragment did not apply cleanly"
 
 log=$obj/build.log
-say "building $name with -j$JOBS (log: $log); this is a one-time build of a few minutes"
+say "building $name with -j$JOBS (log: $log); a one-time build: about 15 minutes on 2 cores"
 start=$(date +%s)
 make -C "$src" O="$obj" -j"$JOBS" bzImage modules >"$log" 2>&1 &
 pid=$!
