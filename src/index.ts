@@ -6,6 +6,7 @@ import type { Kernel } from './sys/kernel.js';
 import { IommufdContext } from './routes/iommufd.js';
 import { ContainerContext } from './routes/legacy.js';
 import type { IommuContext } from './routes/route.js';
+import { checkRoutePolicy } from './routes/select.js';
 import { silentLogger, type Logger } from './log.js';
 import type { RouteName } from './errors.js';
 import { allocDmaBuffer as allocBuffer, type DmaBuffer, type DmaBufferOptions } from './dma/buffer.js';
@@ -22,6 +23,7 @@ export function nativeKernel(): Kernel {
  * given context. The result reports the route taken and why; close() it (or `using` it) when done.
  */
 export function openDevice(spec: string, options: OpenDeviceOptions = {}): VfioDevice {
+  if (options.route !== undefined) checkRoutePolicy(options.route); // before looking for the device
   const kernel = options.kernel ?? nativeKernel();
   return bindAndWrap(locateDevice(kernel, spec), kernel, options);
 }

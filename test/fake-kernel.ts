@@ -24,7 +24,22 @@
 //   dma_entry_limit; mappings die with their IOAS or container as in the kernel (iommuMappings()).
 //   edu's DMA engine translates its IOVAs through the domain its device is attached to: a transfer to
 //   an unmapped IOVA is recorded in dmaFaults and copies nothing; dmaTransfers records the others.
+//
+// And the host around VFIO, as src/host (driver, doctor) and the passed-fd checks read it:
+// - Driver binding through sysfs (drivers/base/bus.c, dd.c, drivers/pci/pci-sysfs.c): driver_override
+//   ("(null)" once cleared with "\n"), drivers/<drv>/unbind and bind, drivers_probe (which binds the
+//   override if set, else the device's natural driver, and succeeds whether or not a probe did).
+//   vfio-pci's probe fails without an IOMMU group; a host driver's fails while the group is claimed for
+//   user DMA. Unbinding a device open through VFIO blocks in the real kernel: the fake refuses it, and
+//   records the attempt in blockedUnbinds. kernelLog keeps what dmesg would say.
+// - /proc/<pid>/fd of this process (every fd the fake hands out) and of "another process"
+//   (holdGroupElsewhere, bindElsewhere, openElsewhere), /proc/self -> /proc/<pid>.
+// - What doctor reads: /proc/interrupts (IR- domains or not), /proc/cmdline, /proc/sys/kernel/osrelease,
+//   /proc/self/status (CapEff), /boot/config-<release> or /proc/config.gz, /sys/module/*/parameters,
+//   /sys/class/iommu, /sys/class/misc/{iommu,vfio}/dev, /sys/class/vfio/<N>/dev. `root: false` makes
+//   writes under /sys, /proc, /run and /boot answer EACCES and the 0600/0660 VFIO nodes inaccessible.
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { makedev, type FileStat, type Kernel } from '../src/sys/kernel.js';
 import { decode, writeField } from '../src/uapi/struct.js';
 import {
@@ -158,6 +173,11 @@ export interface PciDeviceOptions {
   id?: string;
   /** default vfio-pci (none on an `iommu: 'none'` host, where vfio-pci's probe fails) */
   driver?: string | null;
+  /**
+   * The driver whose id table matches the device: what drivers_probe binds when driver_override is
+   * not set. Default: `driver` when that is a host driver (e1000e...), else none (edu has no driver).
+   */
+  hostDriver?: string | null;
   /** IOMMU group id: default a new group (none on an `iommu: 'none'` host); null: no group */
   group?: number | null;
   /** vfio-dev index N (vfioN): default the next free one for a device bound to a VFIO driver; null: no vfio-dev entry */
@@ -214,6 +234,24 @@ export interface HostOptions {
   apiVersion?: number;
   /** udev's /dev/char/MAJ:MIN links to the cdevs (default true) */
   charLinks?: boolean;
+  /**
+   * Running as root (default true). false: writes under /sys, /proc, /run and /boot answer EACCES,
+   * the VFIO nodes that are not world-accessible (all but /dev/vfio/vfio) cannot be opened, and rawio
+   * and ipcLock default to false; /proc/self/status shows no capabilities.
+   */
+  root?: boolean;
+  /** /proc/interrupts lists IR- (remapped) domains (default: with iommu 'intel') */
+  interruptRemapping?: boolean;
+  /** /proc/cmdline (default: what the test bed boots with for the IOMMU asked) */
+  cmdline?: string;
+  /** /proc/sys/kernel/osrelease (default 6.1.0-28-amd64 on stock, 6.12.9-vfio on iommufd kernels) */
+  release?: string;
+  /** where the kernel config can be read: /boot/config-<release> (default), /proc/config.gz, or nowhere */
+  kernelConfig?: 'boot' | 'proc' | 'none';
+  /** host driver modules loaded besides the devices' own and vfio-pci (drivers_probe binds only loaded ones) */
+  drivers?: string[];
+  /** vfio_iommu_type1 is loaded (default true): without it the container offers neither type1 nor type1v2 */
+  type1?: boolean;
 }
 
 /** A call as the fake saw it, for the call log, listeners and failure rules. */
@@ -262,6 +300,10 @@ interface DeviceState {
   bus: 'pci' | 'mdev';
   sysfsPath: string;
   driver: string | null;
+  /** the driver whose id table matches it (drivers_probe without an override) */
+  hostDriver: string | null;
+  /** driver_override (PCI only); null when cleared */
+  override: string | null;
   group: GroupState | null;
   /** vfio-dev index N: null for none, -1 for the next free one, assigned once the device is bound to VFIO */
   cdevIndex: number | null;
@@ -364,7 +406,13 @@ export interface FdInfo {
   inContainer?: boolean;
 }
 
-type FileNode = { kind: 'file'; text: string };
+/**
+ * A file: plain text, bytes (/proc/config.gz), or a sysfs/procfs attribute whose read and write run
+ * the kernel's show/store (read: what a read shows, without the trailing newline; write: the text of
+ * one write(2), which may throw as the store does).
+ */
+type FileNode = { kind: 'file'; text: string; data?: Buffer; read?: () => string; write?: (text: string, path: string) => void };
+const fileText = (node: FileNode): string => (node.read ? node.read() : node.data ? node.data.toString('latin1') : node.text);
 type FsNode =
   | { kind: 'dir'; children: Set<string> }
   | FileNode
@@ -565,7 +613,24 @@ export class FakeKernel implements Kernel {
 
   readonly hasIommufd: boolean;
   readonly iommu: NonNullable<HostOptions['iommu']>;
+  /** running as root: see HostOptions.root */
+  root: boolean;
   rawio: boolean;
+  /** /proc/interrupts lists IR- (remapped) domains */
+  interruptRemapping: boolean;
+  /** vfio_iommu_type1 is loaded: the container offers type1v2 and type1 */
+  type1Available: boolean;
+  /** this process's pid, /proc/self */
+  readonly pid = 1000;
+  /** the pid of "another process" (holdGroupElsewhere, bindElsewhere, openElsewhere) */
+  readonly otherPid = 2345;
+  /** driver modules loaded: a directory under /sys/bus/pci/drivers each */
+  private readonly loadedDrivers = new Set<string>();
+  private otherFds = 3;
+  /** unbinds the real kernel would have blocked on (the device was open through VFIO): the fake refused them */
+  readonly blockedUnbinds: { device: string; driver: string; path: string }[] = [];
+  /** what the driver core would have said in dmesg: binds, unbinds, failed probes */
+  readonly kernelLog: string[] = [];
   apiVersion: number;
   allowUnsafe: { iommufd: boolean; type1: boolean };
   private readonly charLinks: boolean;
@@ -603,7 +668,11 @@ export class FakeKernel implements Kernel {
   constructor(options: Omit<HostOptions, 'devices' | 'mdevs'> = {}) {
     this.hasIommufd = (options.kernel ?? 'iommufd') === 'iommufd';
     this.iommu = options.iommu ?? 'intel';
-    this.rawio = options.rawio ?? true;
+    this.root = options.root ?? true;
+    this.rawio = options.rawio ?? this.root;
+    this.ipcLock = this.root;
+    this.interruptRemapping = options.interruptRemapping ?? this.iommu === 'intel';
+    this.type1Available = options.type1 ?? true;
     this.apiVersion = options.apiVersion ?? 0;
     const unsafe = options.allowUnsafeInterrupts;
     this.allowUnsafe = typeof unsafe === 'object'
@@ -613,6 +682,8 @@ export class FakeKernel implements Kernel {
     this.firstGroup = this.iommu === 'noiommu' || this.iommu === 'none' ? 0 : 3;
     const g = GEOMETRY[this.iommu === 'virtio' ? 'virtio' : 'intel'];
     this.geometry = { ranges: g.ranges.map((r) => ({ ...r })), pgsizes: g.pgsizes };
+    this.mkdir(`/proc/${this.pid}/fd`);
+    this.symlink('/proc/self', String(this.pid));
     this.writeLimits();
 
     for (const dir of ['/sys/bus/pci/devices', '/sys/bus/pci/drivers', '/sys/bus/mdev/devices', '/sys/kernel/iommu_groups', '/sys/class/vfio-dev', '/sys/class/iommu', '/dev/char']) {
@@ -620,15 +691,42 @@ export class FakeKernel implements Kernel {
     }
     if (this.iommu === 'intel') this.symlink('/sys/class/iommu/dmar0', '../../devices/virtual/iommu/dmar0');
     if (this.iommu === 'virtio') this.symlink('/sys/class/iommu/0000:00:01.0', '../../devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0');
-    if (options.vfio ?? true) {
+    const vfio = options.vfio ?? true;
+    if (vfio) {
       this.mknod('/dev/vfio/vfio', RDEV.vfioContainer, 0o666);
-      if (this.iommu === 'noiommu') this.writeFile('/sys/module/vfio/parameters/enable_unsafe_noiommu_mode', 'Y');
+      this.writeFile('/sys/class/misc/vfio/dev', '10:196');
+      this.mkdir('/sys/module/vfio/parameters');
+      this.mkdir('/sys/module/vfio_pci');
+      this.writeFile('/sys/module/vfio/parameters/enable_unsafe_noiommu_mode', this.iommu === 'noiommu' ? 'Y' : 'N');
+      this.loadDriver('vfio-pci');
+      if (this.type1Available) this.moduleParam('vfio_iommu_type1', 'type1');
     }
     if (this.hasIommufd) {
       this.mkdir('/sys/class/misc/iommu');
       this.writeFile('/sys/class/misc/iommu/dev', '10:258');
       this.mknod('/dev/iommu', RDEV.iommu, 0o660);
+      this.moduleParam('iommufd', 'iommufd');
     }
+    for (const d of options.drivers ?? []) this.loadDriver(d);
+
+    // the bus's own attributes
+    this.attr('/sys/bus/pci/drivers_probe', () => {
+      throw sysError('EACCES', 'open', '/sys/bus/pci/drivers_probe'); // write-only
+    }, (text, p) => {
+      const dev = this.devices.get(sysfsName(text));
+      if (!dev || dev.bus !== 'pci') throw sysError('ENODEV', 'write', p);
+      this.probe(dev); // succeeds whether or not a driver took it
+    });
+
+    // what doctor reads
+    const release = options.release ?? (this.hasIommufd ? '6.12.9-vfio' : '6.1.0-28-amd64');
+    this.writeFile('/proc/sys/kernel/osrelease', release);
+    this.writeFile('/proc/cmdline', options.cmdline ?? defaultCmdline(release, this.iommu, this.allowUnsafe));
+    this.attr('/proc/interrupts', () => procInterrupts(this.interruptRemapping, this.iommu));
+    this.attr(`/proc/${this.pid}/status`, () => this.procStatus());
+    const config = kernelConfigText(this.hasIommufd);
+    if ((options.kernelConfig ?? 'boot') === 'boot') this.writeFile(`/boot/config-${release}`, config);
+    else if (options.kernelConfig === 'proc') this.put('/proc/config.gz', { kind: 'file', text: '', data: gzipSync(Buffer.from(config)) });
   }
 
   /** A host as the test bed boots it: the kernel, the IOMMU, and devices bound as given. */
@@ -651,8 +749,9 @@ export class FakeKernel implements Kernel {
     const groupId = o.group !== undefined ? o.group : noIommu ? null : this.freeGroupId();
     const dir = `/sys/devices/pci${address.slice(0, 7)}/${address}`;
     const id = o.id ?? '1234:11e8';
+    const hostDriver = o.hostDriver !== undefined ? o.hostDriver : driver !== null && !driver.startsWith('vfio') ? driver : null;
     const dev: DeviceState = {
-      name: address, bus: 'pci', sysfsPath: dir, driver, group: null, cdevIndex: null, openCount: 0, boundElsewhere: false,
+      name: address, bus: 'pci', sysfsPath: dir, driver, hostDriver, override: null, group: null, cdevIndex: null, openCount: 0, boundElsewhere: false,
       flags: o.flags ?? VFIO_DEVICE_FLAGS.PCI, regions: defaultRegions(), config: configSpace(id, o.capabilities),
       bars: new Map(), edu: (o.bar0 ?? (id === '1234:11e8' ? 'edu' : 'ram')) === 'edu' ? newEdu() : null,
       irqCounts: { intx: o.irqs?.intx ?? 1, msi: o.irqs?.msi ?? 1, msix: o.irqs?.msix ?? 0, pcie: o.irqs?.pcie ?? false },
@@ -664,7 +763,15 @@ export class FakeKernel implements Kernel {
     this.writeFile(`${dir}/vendor`, `0x${vendor}`);
     this.writeFile(`${dir}/device`, `0x${device}`);
     this.writeFile(`${dir}/class`, '0x00ff00');
+    // drivers/pci/pci-sysfs.c driver_override_store -> driver_set_override: one trailing newline
+    // stripped, empty clears it; PAGE_SIZE or longer is EINVAL. Only drivers_probe acts on it.
+    this.attr(`${dir}/driver_override`, () => dev.override ?? '(null)', (text, p) => {
+      if (text.length >= PAGE - 1) throw sysError('EINVAL', 'write', p);
+      const value = text.endsWith('\n') ? text.slice(0, -1) : text;
+      dev.override = value === '' ? null : value;
+    });
     this.link(`${dir}/subsystem`, '/sys/bus/pci');
+    if (hostDriver) this.loadDriver(hostDriver);
     this.link(`/sys/bus/pci/devices/${address}`, dir);
     this.devices.set(address, dev);
     this.attach(dev, groupId, false, o.cdev);
@@ -677,7 +784,7 @@ export class FakeKernel implements Kernel {
     const uuid = o.uuid.toLowerCase();
     const dir = `/sys/devices/virtual/mtty/mtty/${uuid}`;
     const dev: DeviceState = {
-      name: uuid, bus: 'mdev', sysfsPath: dir, driver: o.driver ?? 'mtty', group: null, cdevIndex: null, openCount: 0, boundElsewhere: false,
+      name: uuid, bus: 'mdev', sysfsPath: dir, driver: o.driver ?? 'mtty', hostDriver: null, override: null, group: null, cdevIndex: null, openCount: 0, boundElsewhere: false,
       flags: VFIO_DEVICE_FLAGS.PCI, regions: defaultRegions(), config: configSpace('4348:3253'), bars: new Map(), edu: null,
       irqCounts: { intx: 1, msi: 1, msix: 0, pcie: false }, irq: noIrqs(), hotReset: null, resets: 0, files: new Set(), mirrors: new Set(),
     };
@@ -726,7 +833,8 @@ export class FakeKernel implements Kernel {
     if (dev.driver) this.remove(`${bus}/drivers/${dev.driver}/${dev.name}`);
     dev.driver = driver;
     if (driver) {
-      this.mkdir(`${bus}/drivers/${driver}`);
+      if (dev.bus === 'pci') this.loadDriver(driver);
+      else this.mkdir(`${bus}/drivers/${driver}`);
       this.link(`${dev.sysfsPath}/driver`, `${bus}/drivers/${driver}`);
       this.link(`${bus}/drivers/${driver}/${dev.name}`, dev.sysfsPath);
     }
@@ -745,12 +853,24 @@ export class FakeKernel implements Kernel {
       this.remove(`/dev/char/${RDEV.cdevMajor}:${n}`);
     }
     const g = dev.group;
-    if (g && !g.members.some(vfioDriver)) this.remove(g.noiommu ? `/dev/vfio/noiommu-${g.id}` : `/dev/vfio/${g.id}`);
+    if (g && !g.members.some(vfioDriver)) {
+      this.remove(`/dev/vfio/${groupName(g)}`);
+      this.remove(`/sys/class/vfio/${groupName(g)}`);
+      this.remove(`/sys/devices/virtual/vfio/${groupName(g)}`);
+    }
   }
 
   private registerVfio(dev: DeviceState): void {
     const g = dev.group;
-    if (g) this.mknodIfAbsent(g.noiommu ? `/dev/vfio/noiommu-${g.id}` : `/dev/vfio/${g.id}`, makedev(RDEV.groupMajor, g.minor), 0o600);
+    if (g) {
+      // the group's device in the vfio class (drivers/vfio/group.c): /dev/vfio/N, /sys/class/vfio/N/dev
+      this.mknodIfAbsent(`/dev/vfio/${groupName(g)}`, makedev(RDEV.groupMajor, g.minor), 0o600);
+      const gdir = `/sys/devices/virtual/vfio/${groupName(g)}`;
+      if (!this.fs.has(gdir)) {
+        this.writeFile(`${gdir}/dev`, `${RDEV.groupMajor}:${g.minor}`);
+        this.link(`/sys/class/vfio/${groupName(g)}`, gdir);
+      }
+    }
     if (dev.cdevIndex === null) return;
     if (dev.cdevIndex === -1) {
       while ([...this.devices.values()].some((d) => d.cdevIndex === this.nextCdev)) this.nextCdev++;
@@ -799,7 +919,7 @@ export class FakeKernel implements Kernel {
     if (!g) throw new Error(`fake: no group ${groupId}`);
     if (g.openedBy !== null) throw new Error(`fake: group ${groupId} is already open`);
     g.openedBy = 'elsewhere';
-    return this;
+    return this.openElsewhere(`/dev/vfio/${groupName(g)}`);
   }
 
   /** Another process opened the device's cdev and bound it to its iommufd. */
@@ -809,11 +929,25 @@ export class FakeKernel implements Kernel {
     dev.openCount++;
     dev.boundElsewhere = true;
     if (dev.group) dev.group.cdevBound++;
+    if (dev.cdevIndex !== null && dev.cdevIndex >= 0) this.openElsewhere(`/dev/vfio/devices/vfio${dev.cdevIndex}`);
+    return this;
+  }
+
+  /**
+   * Another process (pid otherPid, or the one given) has `target` open: an entry in its /proc/<pid>/fd,
+   * nothing more (holdGroupElsewhere and bindElsewhere also change the kernel's state).
+   */
+  openElsewhere(target: string, pid = this.otherPid): this {
+    this.symlink(`/proc/${pid}/fd/${this.otherFds++}`, target);
     return this;
   }
 
   /** The other process exits. */
   releaseElsewhere(): this {
+    const proc = this.fs.get('/proc');
+    for (const name of proc?.kind === 'dir' ? [...proc.children] : []) {
+      if (/^[0-9]+$/.test(name) && Number(name) !== this.pid) this.remove(`/proc/${name}`); // its /proc/<pid> goes
+    }
     for (const g of this.groups.values()) if (g.openedBy === 'elsewhere') g.openedBy = null;
     for (const d of this.devices.values()) {
       if (!d.boundElsewhere) continue;
@@ -822,6 +956,144 @@ export class FakeKernel implements Kernel {
       if (d.group) d.group.cdevBound--;
     }
     return this;
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // driver binding through sysfs
+
+  /** A PCI driver module is loaded: /sys/bus/pci/drivers/<name> with its bind and unbind attributes. */
+  loadDriver(name: string): this {
+    if (this.loadedDrivers.has(name)) return this;
+    this.loadedDrivers.add(name);
+    const dir = `/sys/bus/pci/drivers/${name}`;
+    this.mkdir(dir);
+    this.mkdir(`/sys/module/${name.replace(/-/g, '_')}`);
+    const writeOnly = (p: string) => (): string => {
+      throw sysError('EACCES', 'open', p);
+    };
+    // drivers/base/bus.c unbind_store: the device must be bound to this driver, else ENODEV
+    this.attr(`${dir}/unbind`, writeOnly(`${dir}/unbind`), (text, p) => {
+      const dev = this.devices.get(sysfsName(text));
+      if (!dev || dev.bus !== 'pci' || dev.driver !== name) throw sysError('ENODEV', 'write', p);
+      this.unbindDevice(dev, p);
+    });
+    // bind_store: the driver must match (driver_override, else its id table) and probe it
+    this.attr(`${dir}/bind`, writeOnly(`${dir}/bind`), (text, p) => {
+      const dev = this.devices.get(sysfsName(text));
+      if (!dev || dev.bus !== 'pci') throw sysError('ENODEV', 'write', p);
+      if (dev.driver) throw sysError('EBUSY', 'write', p);
+      if ((dev.override ?? dev.hostDriver) !== name) throw sysError('ENODEV', 'write', p);
+      const why = this.probeFails(dev, name);
+      if (why) {
+        this.kernelLog.push(`${name} ${dev.name}: probe failed with error -${ERRNO[why.errno][0]} (${why.reason})`);
+        throw sysError(why.errno, 'write', p);
+      }
+      this.kernelLog.push(`${name} ${dev.name}: bound`);
+      this.setDriver(dev.name, name);
+    });
+    return this;
+  }
+
+  /** rmmod: the module goes (a device bound to it is unbound first). */
+  unloadDriver(name: string): this {
+    for (const d of this.devices.values()) if (d.bus === 'pci' && d.driver === name) this.setDriver(d.name, null);
+    this.loadedDrivers.delete(name);
+    this.remove(`/sys/bus/pci/drivers/${name}`);
+    this.remove(`/sys/module/${name.replace(/-/g, '_')}`);
+    return this;
+  }
+
+  /** driver_override of a PCI device (null: cleared) */
+  driverOverride(name: string): string | null {
+    return this.device(name).override;
+  }
+
+  /** the driver a device is bound to now */
+  driverOf(name: string): string | null {
+    return this.device(name).driver;
+  }
+
+  /**
+   * Why unbinding the device would block in the real kernel (null: it would not): vfio-pci's remove
+   * waits until every VFIO file of the device is closed (vfio_unregister_group_dev), and so does the
+   * write to unbind. The fake counts a cdev open here (parked or bound), a device fd taken from the
+   * group, a bind by another process, and a group held by another process (which may hold device fds).
+   */
+  vfioInUse(name: string): string | null {
+    const dev = this.device(name);
+    if (!vfioDriver(dev)) return null;
+    if (dev.files.size > 0) return 'this process has it open';
+    if (dev.boundElsewhere) return 'another process has it bound through its cdev';
+    if (dev.openCount > 0) return 'it is open';
+    if (dev.group?.openedBy === 'elsewhere') return 'another process holds its group';
+    return null;
+  }
+
+  /** device_release_driver, unless the device is open through VFIO (then the write would never return). */
+  private unbindDevice(dev: DeviceState, p: string): void {
+    const busy = this.vfioInUse(dev.name);
+    if (busy) {
+      this.blockedUnbinds.push({ device: dev.name, driver: dev.driver!, path: p });
+      this.kernelLog.push(`${dev.driver} ${dev.name}: Relaying device request to user (${busy}); the unbind waits`);
+      throw new Error(`fake: writing ${dev.name} to ${p} would block: ${dev.name} is in use through VFIO (${busy})`);
+    }
+    this.kernelLog.push(`${dev.driver} ${dev.name}: unbound`);
+    this.setDriver(dev.name, null);
+  }
+
+  /** Why `driver` would fail to probe the device, or null. */
+  private probeFails(dev: DeviceState, driver: string): { errno: Errno; reason: string } | null {
+    if (driver.startsWith('vfio')) {
+      // vfio_pci_core_register_device -> vfio_device_set_group: no IOMMU group, no VFIO device
+      return dev.group ? null : { errno: 'EINVAL', reason: 'no iommu_group' };
+    }
+    if (driver === 'pci-stub' || driver === 'pcieport') return null;
+    // iommu_device_use_default_domain: a kernel driver may not join a group claimed for user DMA
+    // (a group is claimed by a bind through a cdev, or once its group file is in a container; another
+    // process's hold is taken as claimed)
+    const g = dev.group;
+    const claimed = g && (g.cdevBound > 0 || g.openedBy === 'elsewhere' || (g.openedBy !== null && g.openedBy.container !== null));
+    if (claimed) return { errno: 'EBUSY', reason: 'its IOMMU group is owned for user DMA' };
+    return null;
+  }
+
+  /** device_attach: the override if set, else the natural driver, if loaded and its probe succeeds. */
+  private probe(dev: DeviceState): void {
+    if (dev.driver) return;
+    const driver = dev.override ?? dev.hostDriver;
+    if (!driver || !this.loadedDrivers.has(driver)) return;
+    const why = this.probeFails(dev, driver);
+    if (why) {
+      this.kernelLog.push(`${driver} ${dev.name}: probe failed with error -${ERRNO[why.errno][0]} (${why.reason})`);
+      return;
+    }
+    this.kernelLog.push(`${driver} ${dev.name}: bound`);
+    this.setDriver(dev.name, driver);
+  }
+
+  /** /sys/module/<module>/parameters/allow_unsafe_interrupts, live with allowUnsafe (writable by root as the real one). */
+  private moduleParam(module: string, key: 'iommufd' | 'type1'): void {
+    const p = `/sys/module/${module}/parameters/allow_unsafe_interrupts`;
+    this.attr(p, () => (this.allowUnsafe[key] ? 'Y' : 'N'), (text, path2) => {
+      const v = text.trim();
+      if (!/^[YyNn10]$/.test(v)) throw sysError('EINVAL', 'write', path2);
+      this.allowUnsafe[key] = /^[Yy1]$/.test(v);
+    });
+  }
+
+  /** /proc/<pid>/status: the capability sets as this process has them */
+  private procStatus(): string {
+    const CAP_IPC_LOCK = 1n << 14n;
+    const CAP_SYS_RAWIO = 1n << 17n;
+    let caps = this.root ? 0x1ffffffffffn & ~CAP_IPC_LOCK & ~CAP_SYS_RAWIO : 0n;
+    if (this.ipcLock) caps |= CAP_IPC_LOCK;
+    if (this.rawio) caps |= CAP_SYS_RAWIO;
+    const hex16 = (n: bigint): string => n.toString(16).padStart(16, '0');
+    const uid = this.root ? 0 : 1000;
+    return [
+      'Name:\tnode', 'State:\tR (running)', `Pid:\t${this.pid}`, `Uid:\t${uid}\t${uid}\t${uid}\t${uid}`, `Gid:\t${uid}\t${uid}\t${uid}\t${uid}`,
+      'CapInh:\t0000000000000000', `CapPrm:\t${hex16(caps)}`, `CapEff:\t${hex16(caps)}`, `CapBnd:\t${hex16(0x1ffffffffffn)}`, 'CapAmb:\t0000000000000000',
+    ].join('\n');
   }
 
   /** The next `times` matching calls fail with errno (an ioctl by default). */
@@ -903,7 +1175,7 @@ export class FakeKernel implements Kernel {
     const v = (n: number): string => (n === Infinity ? 'unlimited' : String(n));
     const row = (name: string, soft: string, hard: string, units: string): string =>
       `${name.padEnd(26)}${soft.padEnd(21)}${hard.padEnd(21)}${units.padEnd(10)}`;
-    this.writeFile('/proc/self/limits', [
+    this.writeFile(`/proc/${this.pid}/limits`, [
       row('Limit', 'Soft Limit', 'Hard Limit', 'Units'),
       row('Max cpu time', 'unlimited', 'unlimited', 'seconds'),
       row('Max file size', 'unlimited', 'unlimited', 'bytes'),
@@ -1005,11 +1277,11 @@ export class FakeKernel implements Kernel {
       const real = this.resolve(p, true, 'open');
       const node = this.fs.get(real)!;
       if (node.kind === 'dir') throw sysError('EISDIR', 'open', p);
-      if (node.kind === 'file') return this.install(p, { mode: S_IFREG | 0o644, rdev: 0, isCharacterDevice: false }, { kind: 'file', node });
+      if (node.kind === 'file') return this.install(p, { mode: S_IFREG | 0o644, rdev: 0, isCharacterDevice: false }, { kind: 'file', node }, real);
       if (node.kind !== 'chr') throw sysError('ENOENT', 'open', p);
-      if (!node.accessible) throw sysError('EACCES', 'open', p);
+      if (!this.mayOpen(node)) throw sysError('EACCES', 'open', p);
       const stat: FileStat = { mode: S_IFCHR | node.mode, rdev: node.rdev, isCharacterDevice: true };
-      return this.install(p, stat, this.openChr(node.rdev, p));
+      return this.install(p, stat, this.openChr(node.rdev, p), real);
     });
   }
 
@@ -1021,6 +1293,7 @@ export class FakeKernel implements Kernel {
         throw sysError('EBADF', 'close');
       }
       this.fdTable.delete(fd);
+      this.remove(`/proc/${this.pid}/fd/${fd}`);
       this.release(e.file);
     });
   }
@@ -1089,7 +1362,7 @@ export class FakeKernel implements Kernel {
       const node = this.fs.get(this.resolve(p, true, 'open'))!;
       if (node.kind === 'dir') throw sysError('EISDIR', 'read', p);
       if (node.kind !== 'file') throw sysError('EINVAL', 'read', p);
-      return node.text.replace(/\n$/, '');
+      return fileText(node).replace(/\n$/, '');
     }, false);
   }
 
@@ -1102,17 +1375,20 @@ export class FakeKernel implements Kernel {
     }
   }
 
-  /** a file's bytes: its text (the fake has no binary files) */
+  /** a file's bytes: its data (/proc/config.gz), or its text */
   readBytes(p: string): Buffer {
     return this.run({ call: 'readBytes', path: p }, () => {
       const node = this.fs.get(this.resolve(p, true, 'open'))!;
       if (node.kind === 'dir') throw sysError('EISDIR', 'read', p);
       if (node.kind !== 'file') throw sysError('EINVAL', 'read', p);
-      return Buffer.from(node.text);
+      return node.data ? Buffer.from(node.data) : Buffer.from(fileText(node));
     }, false);
   }
 
-  // Plain file semantics (no sysfs side effects: writing driver_override or bind changes nothing yet).
+  // A plain file is created or replaced; a sysfs or procfs attribute runs its store (driver_override,
+  // unbind, drivers_probe...). Files cannot be created in sysfs or procfs, and their read-only
+  // attributes refuse writes (kernfs_fop_open: EACCES). Without root, nothing under /sys, /proc, /run
+  // or /boot may be written.
 
   writeText(p: string, text: string): void {
     this.run({ call: 'writeText', path: p }, () => {
@@ -1121,8 +1397,13 @@ export class FakeKernel implements Kernel {
       const real = parent === '/' ? `/${path.posix.basename(p)}` : `${parent}/${path.posix.basename(p)}`;
       const node = this.fs.get(real);
       if (node?.kind === 'dir') throw sysError('EISDIR', 'open', p);
-      if (node?.kind === 'file') node.text = text;
-      else if (node === undefined) this.writeFile(real, text);
+      this.checkWritable(real, p, 'open');
+      if (node?.kind === 'file' && node.write) node.write(text, p);
+      else if (isKernfs(real)) throw sysError('EACCES', 'open', p);
+      else if (node?.kind === 'file') {
+        node.text = text;
+        delete node.data;
+      } else if (node === undefined) this.writeFile(real, text);
       else throw sysError('EINVAL', 'write', p);
     });
   }
@@ -1134,6 +1415,8 @@ export class FakeKernel implements Kernel {
       const node = this.fs.get(real);
       if (!node) throw sysError('ENOENT', 'unlink', p);
       if (node.kind === 'dir') throw sysError('EISDIR', 'unlink', p);
+      this.checkWritable(real, p, 'unlink');
+      if (isKernfs(real)) throw sysError('EPERM', 'unlink', p);
       this.remove(real);
     });
   }
@@ -1145,7 +1428,11 @@ export class FakeKernel implements Kernel {
         cur = `${cur}/${part}`;
         const node = this.fs.get(cur);
         if (node && node.kind !== 'dir' && node.kind !== 'link') throw sysError('ENOTDIR', 'mkdir', p);
-        if (!node) this.mkdir(cur);
+        if (!node) {
+          this.checkWritable(cur, p, 'mkdir');
+          if (isKernfs(cur)) throw sysError('EACCES', 'mkdir', p);
+          this.mkdir(cur);
+        }
       }
     });
   }
@@ -1153,10 +1440,20 @@ export class FakeKernel implements Kernel {
   accessible(p: string): boolean {
     try {
       const node = this.fs.get(this.resolve(p, true, 'access'))!;
-      return node.kind !== 'chr' || node.accessible;
+      return node.kind !== 'chr' || this.mayOpen(node);
     } catch {
       return false;
     }
+  }
+
+  /** Without root, only world read-write device nodes (/dev/vfio/vfio) can be opened. */
+  private mayOpen(node: Extract<FsNode, { kind: 'chr' }>): boolean {
+    return node.accessible && (this.root || (node.mode & 0o006) === 0o006);
+  }
+
+  /** Root owns /sys, /proc, /run and /boot: EACCES for anyone else. */
+  private checkWritable(real: string, p: string, syscall: string): void {
+    if (!this.root && /^\/(sys|proc|run|boot)(\/|$)/.test(real)) throw sysError('EACCES', syscall, p);
   }
 
   // Memory, as the addon maps it: each mapping is an ArrayBuffer with a fake, page-aligned virtual
@@ -1353,7 +1650,8 @@ export class FakeKernel implements Kernel {
     const rule = this.rules.find((r) => r.left > 0 && matches(r, call));
     try {
       if (rule) {
-        rule.left--;
+        // spent rules go: a long test injects thousands, and every call would scan them all
+        if (--rule.left === 0) this.rules.splice(this.rules.indexOf(rule), 1);
         call.injected = true;
         // an injected open failure carries the path, as Node's does; the addon's ioctl errors carry none
         const syscall = call.call === 'readText' || call.call === 'readBytes' ? 'open' : call.call === 'allocDma' ? 'mmap' : call.call;
@@ -1419,6 +1717,12 @@ export class FakeKernel implements Kernel {
     return this;
   }
 
+  /** A sysfs or procfs attribute: reads run `read`, writes run `write` (none: read-only, EACCES). */
+  attr(p: string, read: () => string, write?: (text: string, path: string) => void): this {
+    this.put(p, { kind: 'file', text: '', read, ...(write ? { write } : {}) });
+    return this;
+  }
+
   symlink(p: string, target: string): this {
     this.put(p, { kind: 'link', target });
     return this;
@@ -1455,9 +1759,11 @@ export class FakeKernel implements Kernel {
   // -------------------------------------------------------------------------------------------------
   // files
 
-  private install(p: string, stat: FileStat, file: OpenFile): number {
+  /** A new fd, shown in /proc/<pid>/fd as the path it was opened by (resolved, as d_path shows it). */
+  private install(p: string, stat: FileStat, file: OpenFile, shownAs = p): number {
     const fd = this.nextFd++;
     this.fdTable.set(fd, { fd, path: p, stat, file });
+    this.symlink(`/proc/${this.pid}/fd/${fd}`, shownAs);
     return fd;
   }
 
@@ -1789,7 +2095,8 @@ export class FakeKernel implements Kernel {
   // /dev/vfio/vfio
 
   private drivers(): ('type1' | 'noiommu')[] {
-    return this.iommu === 'noiommu' ? ['type1', 'noiommu'] : ['type1'];
+    const type1: 'type1'[] = this.type1Available ? ['type1'] : [];
+    return this.iommu === 'noiommu' ? [...type1, 'noiommu'] : type1;
   }
 
   private containerIsNoiommu(c: ContainerState): boolean {
@@ -2316,7 +2623,7 @@ export class FakeKernel implements Kernel {
       const f = e.file;
       if (f.kind === 'file') {
         if (call === 'pwrite') throw sysError('EINVAL', 'write');
-        return Buffer.from(`${f.node.text}\n`).copy(buf, 0, Number(offset));
+        return Buffer.from(`${fileText(f.node)}\n`).copy(buf, 0, Number(offset));
       }
       if (f.kind === 'chr') return call === 'pread' ? 0 : buf.length;
       if (f.kind !== 'device' || !f.bound) throw sysError('EINVAL', call === 'pread' ? 'read' : 'write');
@@ -2575,6 +2882,54 @@ export class FakeKernel implements Kernel {
 
 // ---------------------------------------------------------------------------------------------------
 // helpers
+
+/** the name a group's node and its vfio-class device have: N, or noiommu-N */
+const groupName = (g: GroupState): string => (g.noiommu ? `noiommu-${g.id}` : String(g.id));
+
+/** sysfs_streq: what a bus attribute takes as a device name (one trailing newline ignored) */
+const sysfsName = (text: string): string => text.replace(/\n$/, '').toLowerCase();
+
+/** sysfs and procfs: no file can be created, and only attributes with a store can be written */
+const isKernfs = (real: string): boolean => /^\/(sys|proc)(\/|$)/.test(real);
+
+/** the test bed's kernel command lines */
+function defaultCmdline(release: string, iommu: HostOptions['iommu'], unsafe: { iommufd: boolean; type1: boolean }): string {
+  const parts = [`BOOT_IMAGE=/boot/vmlinuz-${release}`, 'root=/dev/vda1', 'ro', 'console=ttyS0'];
+  if (iommu === 'intel') parts.push('intel_iommu=on');
+  if (iommu === 'noiommu') parts.push('vfio.enable_unsafe_noiommu_mode=1');
+  if (unsafe.type1) parts.push('vfio_iommu_type1.allow_unsafe_interrupts=1');
+  if (unsafe.iommufd) parts.push('iommufd.allow_unsafe_interrupts=1');
+  return parts.join(' ');
+}
+
+/** /proc/interrupts of a 2-CPU x86 guest: IR-IO-APIC and IR-PCI-MSI* domains when interrupts are remapped */
+function procInterrupts(remapped: boolean, iommu: HostOptions['iommu']): string {
+  const ir = remapped ? 'IR-' : '';
+  const row = (irq: string, a: number, b: number, chip: string): string => `${`${irq}:`.padStart(4)} ${String(a).padStart(10)} ${String(b).padStart(10)}  ${chip}`;
+  return [
+    '            CPU0       CPU1',
+    row('0', 36, 0, `${ir}IO-APIC    2-edge      timer`),
+    row('1', 0, 9, `${ir}IO-APIC    1-edge      i8042`),
+    row('4', 0, 512, `${ir}IO-APIC    4-edge      ttyS0`),
+    ...(iommu === 'intel' ? [row('24', 0, 0, 'DMAR-MSI    0-edge      dmar0')] : []),
+    row('25', 0, 0, `${ir}PCI-MSI-0000:00:01.0    0-edge      virtio0-config`),
+    row('26', 1843, 0, `${ir}PCI-MSIX-0000:00:02.0    0-edge      virtio1-req.0`),
+    row('NMI', 0, 0, ' Non-maskable interrupts'),
+    row('LOC', 12345, 11234, ' Local timer interrupts'),
+  ].join('\n');
+}
+
+/** the options doctor looks at, as Debian's 6.1 (stock) or the test bed's 6.12c (iommufd) sets them */
+function kernelConfigText(iommufd: boolean): string {
+  const opt = (name: string, value: string | null): string => (value === null ? `# ${name} is not set` : `${name}=${value}`);
+  return [
+    '#', '# Automatically generated file; DO NOT EDIT.', '#',
+    opt('CONFIG_IOMMU_SUPPORT', 'y'), opt('CONFIG_INTEL_IOMMU', 'y'), opt('CONFIG_IRQ_REMAP', 'y'),
+    opt('CONFIG_IOMMUFD', iommufd ? 'm' : null), opt('CONFIG_VFIO', 'm'), opt('CONFIG_VFIO_CONTAINER', 'y'),
+    opt('CONFIG_VFIO_DEVICE_CDEV', iommufd ? 'y' : null), opt('CONFIG_VFIO_NOIOMMU', 'y'), opt('CONFIG_VFIO_PCI', 'm'),
+    '',
+  ].join('\n');
+}
 
 function matches(r: FailRule, c: CallInfo): boolean {
   if (r.call !== undefined && r.call !== c.call) return false;

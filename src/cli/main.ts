@@ -51,10 +51,10 @@ function report(e: unknown, argv: Common): number {
 /** --device-fd/--iommufd-fd or --group-fd/--container-fd: nodes a privileged parent opened for us. */
 function fdOptions<T>(y: Argv<T>) {
   return y
-    .option('device-fd', { type: 'number', describe: 'an inherited fd of the device\'s VFIO cdev (with --iommufd-fd)' })
-    .option('iommufd-fd', { type: 'number', describe: 'an inherited fd of /dev/iommu' })
-    .option('group-fd', { type: 'number', describe: 'an inherited fd of the device\'s group node (with --container-fd)' })
-    .option('container-fd', { type: 'number', describe: 'an inherited fd of /dev/vfio/vfio' });
+    .option('device-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of the device\'s VFIO cdev (with --iommufd-fd)' })
+    .option('iommufd-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of /dev/iommu' })
+    .option('group-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of the device\'s group node (with --container-fd)' })
+    .option('container-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of /dev/vfio/vfio' });
 }
 
 interface FdArgs {
@@ -66,6 +66,12 @@ interface FdArgs {
 
 /** The passed fds, for openDevice; inherited fds are this process's own, so it closes them. */
 function passedFds(argv: FdArgs): { fds: PassedFds; ownFds: boolean } | Record<string, never> {
+  for (const name of ['device-fd', 'iommufd-fd', 'group-fd', 'container-fd'] as const) {
+    const value = argv[name];
+    if (value !== undefined && (!Number.isInteger(value) || value < 0)) {
+      throw new UsageError(`--${name} needs a file descriptor number, not ${String(value)}`, { hint: 'e.g. --device-fd 3 --iommufd-fd 4 for fds inherited from a parent' });
+    }
+  }
   const fds: PassedFds = {};
   if (argv['device-fd'] !== undefined) fds.device = argv['device-fd'];
   if (argv['iommufd-fd'] !== undefined) fds.iommufd = argv['iommufd-fd'];
@@ -78,6 +84,7 @@ function routeOption<T>(y: Argv<T>) {
   return y.option('route', {
     choices: ROUTE_POLICIES as RoutePolicy[],
     default: 'auto' as RoutePolicy,
+    requiresArg: true, // a bare --route would otherwise quietly mean the default
     describe: 'auto: iommufd, falling back to legacy where iommufd is unavailable; iommufd or legacy: that route only',
   });
 }
@@ -163,8 +170,10 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
 const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 
 async function driverCommand(argv: Common & { device: string; to?: string; restore: boolean; group: boolean }): Promise<void> {
-  if (argv.to === undefined && !argv.restore) throw new UsageError('say where: --to vfio-pci, or --restore');
-  if (argv.to !== undefined && argv.restore) throw new UsageError('--to and --restore exclude each other');
+  const hint = 'vfio-bind driver <device> --to vfio-pci, or vfio-bind driver <device> --restore';
+  if (argv.to === undefined && !argv.restore) throw new UsageError('say where the device goes: --to vfio-pci, or --restore', { hint });
+  if (argv.to !== undefined && argv.restore) throw new UsageError('--to and --restore exclude each other', { hint });
+  if (argv.to !== undefined && argv.to !== 'vfio-pci') throw new UsageError(`--to ${argv.to}: only vfio-pci (use --restore to give a device back)`, { hint });
   const { moveToVfio, restoreDriver } = await import('../host/driver.js');
   const options = { group: argv.group, logger: await logger(argv) };
   const changes = argv.restore ? restoreDriver(nativeKernel(), argv.device, options) : moveToVfio(nativeKernel(), argv.device, options);
@@ -197,12 +206,11 @@ export async function main(args: string[]): Promise<void> {
       process.exitCode ??= ExitCode.OK;
     });
   }
-  let failed: Common | null = null;
   const parser = yargs(args)
     .scriptName('vfio-bind')
     .usage('$0 <command> [options]\n\nBinds PCI and mdev devices through VFIO: iommufd first, the legacy container where iommufd is unavailable.')
     .option('json', { type: 'boolean', default: false, describe: 'print one JSON document on stdout' })
-    .option('log-level', { choices: LOG_LEVELS as LogLevel[], describe: 'pino log level of the structured log on stderr' })
+    .option('log-level', { choices: LOG_LEVELS as LogLevel[], requiresArg: true, describe: 'pino log level of the structured log on stderr' })
     .option('verbose', { alias: 'v', type: 'count', describe: 'log steps on stderr (-v info, -vv debug: every ioctl)' })
     .command('list', 'list devices bound to VFIO or VFIO-capable, with the routes that look available', {}, (a) =>
       run(a as unknown as Common, () => listCommand(a as unknown as Common)))
@@ -216,7 +224,7 @@ export async function main(args: string[]): Promise<void> {
       (a) => run(a as unknown as Common, () => infoCommand(a as never)))
     .command('driver <device>', 'move a PCI device to vfio-pci, or back to its own driver (needs root)',
       (y) => y.positional('device', { type: 'string', demandOption: true })
-        .option('to', { choices: ['vfio-pci'], describe: 'bind the device to vfio-pci (its driver is remembered under /run)' })
+        .option('to', { choices: ['vfio-pci'], requiresArg: true, describe: 'bind the device to vfio-pci (its driver is remembered under /run)' })
         .option('restore', { type: 'boolean', default: false, describe: 'give it back to the driver it had' })
         .option('group', { type: 'boolean', default: false, describe: 'move the other devices of its IOMMU group too' }),
       (a) => run(a as unknown as Common, () => driverCommand(a as never)))
@@ -233,10 +241,12 @@ export async function main(args: string[]): Promise<void> {
     .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused')
     .exitProcess(false)
     .fail((msg, err) => {
-      failed = { json: args.includes('--json'), verbose: 0 };
-      const e = err instanceof VfioError ? err : new UsageError(msg ?? err?.message ?? 'invalid command line');
-      process.exitCode = report(e, failed);
-      if (!failed.json && !(err instanceof VfioError)) process.stderr.write('  (vfio-bind --help shows the commands)\n');
+      // Thrown, so that yargs stops here: a command whose options were refused must not run.
+      throw err instanceof VfioError ? err : new UsageError(msg ?? err?.message ?? 'invalid command line', { hint: 'vfio-bind --help shows the commands and options' });
     });
-  await parser.parseAsync();
+  try {
+    await parser.parseAsync();
+  } catch (e) {
+    process.exitCode = report(e, { json: args.includes('--json'), verbose: 0 });
+  }
 }

@@ -6,7 +6,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { bindDevice, type FallbackReport, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';
 import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from '../routes/route.js';
-import { StepCalls } from '../sys/calls.js';
+import { closeQuietly, StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 import { decode, encode } from '../uapi/struct.js';
 import {
@@ -56,7 +56,10 @@ export interface OpenDeviceOptions {
    * { group, container }. Each is checked with fstat before use; they decide the route.
    */
   fds?: PassedFds;
-  /** close the passed fds with the device (default false: they stay the caller's) */
+  /**
+   * close the passed fds when the device closes (default false: they stay the caller's). A failed
+   * open never closes them, either way.
+   */
   ownFds?: boolean;
 }
 
@@ -92,6 +95,8 @@ export class VfioDevice implements Disposable {
     private readonly ownsContext: boolean,
     context: IommuContext,
     fallback: FallbackReport | null,
+    /** runs last in close(): closes passed fds the device was given to own */
+    private readonly afterClose?: () => void,
   ) {
     this.context = context;
     this.route = context.route;
@@ -395,6 +400,7 @@ export class VfioDevice implements Disposable {
     this.binding.release();
     processHolds.release(this.location.sysfsPath, this.location.group?.id ?? null);
     if (this.ownsContext) this.context.close();
+    this.afterClose?.();
     this.log.debug({}, 'closed');
   }
 
@@ -412,10 +418,12 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
     policy: options.route ?? 'auto',
     ...(options.context ? { context: options.context } : {}),
     ...(options.beforeBind ? { beforeBind: options.beforeBind } : {}),
-    ...(options.fds ? { passed: { fds: options.fds, owned: options.ownFds ?? false } } : {}),
+    ...(options.fds ? { passed: { fds: options.fds } } : {}),
   });
+  const passed = options.fds && options.ownFds ? Object.values(options.fds).filter((fd): fd is number => fd !== undefined) : [];
+  const afterClose = passed.length > 0 ? () => passed.forEach((fd) => closeQuietly(kernel, fd)) : undefined;
   try {
-    const device = new VfioDevice(loc, kernel, log, bound.binding, bound.ownsContext, bound.context, bound.fallback);
+    const device = new VfioDevice(loc, kernel, log, bound.binding, bound.ownsContext, bound.context, bound.fallback, afterClose);
     log.info({ report: device.report }, 'bound');
     return device;
   } catch (e) {

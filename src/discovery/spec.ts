@@ -8,7 +8,8 @@ export type DeviceSpec =
   | { kind: 'cdev'; name: string }; // vfioN, from /dev/vfio/devices/vfioN
 
 const MAX_SPEC = 256;
-const PCI = /^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
+// Domains are 4 hex digits, or more past 0xffff (Intel VMD's start at 10000).
+const PCI = /^(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/i;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const CDEV = /^\/dev\/vfio\/devices\/(vfio[0-9]{1,6})$/;
 
@@ -24,7 +25,8 @@ export function printable(spec: string): string {
 }
 
 export function parseDeviceSpec(spec: string): DeviceSpec {
-  if (typeof spec !== 'string' || spec.length === 0) throw usage(String(spec), 'it is empty');
+  if (typeof spec !== 'string') throw usage(String(spec), `it is a ${spec === null ? 'null' : typeof spec}, not a string`);
+  if (spec.length === 0) throw usage(spec, 'it is empty');
   if (spec.length > MAX_SPEC) throw usage(spec, `it is longer than ${MAX_SPEC} characters`);
   if (/[\u0000-\u001f\u007f-\u009f]/.test(spec)) throw usage(spec, 'it contains control characters');
   const pci = PCI.exec(spec);

@@ -96,11 +96,15 @@ export function doctor(kernel: Kernel, spec?: string): DoctorReport {
     });
   }
 
-  // 2. interrupt remapping: without it VFIO refuses devices (EPERM) unless told to accept the risk
+  // 2. interrupt remapping: without it VFIO refuses devices (EPERM) unless told to accept the risk,
+  // which each route is told separately
+  const interruptsAllowed = { iommufd: true, legacy: true };
   if (iommus.length > 0) {
     const interrupts = read(kernel, '/proc/interrupts') ?? '';
     const remapped = /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(interrupts);
     const unsafe = UNSAFE_PARAMS.map(([mod, route]) => ({ mod, route, value: read(kernel, `/sys/module/${mod}/parameters/allow_unsafe_interrupts`) }));
+    interruptsAllowed.legacy = remapped || unsafe[0]!.value === 'Y';
+    interruptsAllowed.iommufd = remapped || unsafe[1]!.value === 'Y';
     const evidence = [
       remapped ? '/proc/interrupts lists IR- (remapped) interrupt domains' : '/proc/interrupts lists no IR- (remapped) interrupt domain',
       ...unsafe.filter((u) => u.value !== null).map((u) => `${u.mod}.allow_unsafe_interrupts=${u.value}`),
@@ -212,15 +216,28 @@ export function doctor(kernel: Kernel, spec?: string): DoctorReport {
         fix: 'enable the IOMMU (intel_iommu=on or amd_iommu=on)', exitCode: ExitCode.NO_ROUTE,
       });
     prediction = predictRoute(kernel, loc);
-    checks.push({
-      id: 'route', status: prediction.route ? 'ok' : 'fail',
-      summary: prediction.route ? `bind would take the ${prediction.route} route: ${prediction.reason}` : `no route: ${prediction.reason}`,
-      evidence: prediction.fallback ? [`iommufd: ${prediction.fallback.step}${prediction.fallback.errno ? ` would answer ${prediction.fallback.errno}` : ' fails'}`] : [],
-      ...(prediction.route ? {} : { exitCode: /may open neither/.test(prediction.reason) ? ExitCode.PERMISSION : ExitCode.NO_ROUTE }),
-    });
+    const evidence = prediction.fallback ? [`iommufd: ${prediction.fallback.step}${prediction.fallback.errno ? ` would answer ${prediction.fallback.errno}` : ' fails'}`] : [];
+    if (prediction.route && !interruptsAllowed[prediction.route] && !loc.group?.noiommu) {
+      // the route is there, but its attach will answer EPERM: its own parameter was not set
+      const param = prediction.route === 'iommufd' ? 'iommufd.allow_unsafe_interrupts=1' : 'vfio_iommu_type1.allow_unsafe_interrupts=1';
+      checks.push({
+        id: 'route', status: 'fail',
+        summary: `bind would take the ${prediction.route} route, and answer EPERM there: no interrupt remapping, and ${param} is not set`,
+        evidence, fix: `set ${param} (or enable interrupt remapping)`, exitCode: ExitCode.NO_ROUTE,
+      });
+    } else {
+      checks.push({
+        id: 'route', status: prediction.route ? 'ok' : 'fail',
+        summary: prediction.route ? `bind would take the ${prediction.route} route: ${prediction.reason}` : `no route: ${prediction.reason}`,
+        evidence,
+        ...(prediction.route ? {} : { exitCode: /may open neither/.test(prediction.reason) ? ExitCode.PERMISSION : ExitCode.NO_ROUTE }),
+      });
+    }
   }
 
-  const failed = checks.find((c) => c.status === 'fail');
+  // A device spec that is not one is a usage error whatever else is wrong; otherwise the first failure decides.
+  const badSpec = checks.find((c) => c.id === 'device' && c.exitCode === ExitCode.USAGE);
+  const failed = badSpec ?? checks.find((c) => c.status === 'fail');
   const exit_code = failed?.exitCode ?? (failed ? ExitCode.NO_ROUTE : ExitCode.OK);
   const assignable = spec === undefined ? null : exit_code === ExitCode.OK;
   const verdict = spec === undefined

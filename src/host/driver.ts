@@ -64,11 +64,26 @@ function sysfsWrite(kernel: Kernel, path: string, text: string): void {
   }
 }
 
-/** The processes that hold the device's VFIO nodes open (its group node or cdev), from /proc/<pid>/fd. */
+/**
+ * The processes that hold VFIO nodes of the device's IOMMU group open (the group node, or the cdev of
+ * any member), from /proc/<pid>/fd: while one does, unbinding any member from vfio-pci would block,
+ * and a host driver could not take it (the group is claimed for user DMA).
+ */
 export function vfioUsers(kernel: Kernel, loc: DeviceLocation): number[] {
   const nodes = new Set<string>();
   if (loc.group) nodes.add(loc.group.node);
-  if (loc.cdev) for (const n of loc.cdev.nodes) nodes.add(n);
+  const members = loc.group ? loc.group.members.map((m) => m.name) : [loc.name];
+  for (const name of members) {
+    let cdev = name === loc.name ? loc.cdev : null;
+    if (name !== loc.name) {
+      try {
+        cdev = locateDevice(kernel, name).cdev;
+      } catch {
+        cdev = null; // a member that vanished holds nothing
+      }
+    }
+    for (const n of cdev?.nodes ?? []) nodes.add(n);
+  }
   if (nodes.size === 0) return [];
   const pids: number[] = [];
   let entries: string[] = [];
@@ -151,9 +166,9 @@ function moveOne(kernel: Kernel, loc: DeviceLocation, log: Logger): DriverChange
   const to = driverOf(kernel, loc.sysfsPath);
   log.info({ device: loc.name, from, to }, 'driver change');
   if (to !== VFIO_PCI) {
-    // Put the device back where it was rather than leave it driverless.
+    // Put the device back where it was: its driver, or none if it had none.
     sysfsWrite(kernel, `${loc.sysfsPath}/driver_override`, '\n');
-    if (to === null) probe(kernel, loc.name);
+    if (to === null && from !== null) probe(kernel, loc.name);
     kernel.unlink(statePath(loc.name));
     throw new KernelError(`vfio-pci did not take ${loc.name} (its probe failed${to ? `; ${to} has it` : ''}): the kernel log says why`, {
       path: `${loc.sysfsPath}/driver`,
@@ -170,7 +185,7 @@ export function restoreDriver(kernel: Kernel, spec: string, options: DriverOptio
   pciOnly(loc);
   const users = vfioUsers(kernel, loc);
   if (users.length > 0) {
-    throw new DeviceBusyError(`${loc.name} is in use through VFIO by process ${users.join(', ')}: its driver stays`, {
+    throw new DeviceBusyError(`${loc.name}${loc.group && loc.group.members.length > 1 ? ` (or a device of its IOMMU group ${loc.group.id})` : ''} is in use through VFIO by process ${users.join(', ')}: its driver stays`, {
       path: loc.group?.node, hint: 'close the device in that process first (unbinding vfio-pci would wait for it)',
     });
   }
@@ -192,7 +207,8 @@ function restoreOne(kernel: Kernel, loc: DeviceLocation, log: Logger): DriverCha
   }
   sysfsWrite(kernel, `${loc.sysfsPath}/driver_override`, '\n');
   if (from) sysfsWrite(kernel, `${loc.sysfsPath}/driver/unbind`, loc.name);
-  probe(kernel, loc.name);
+  // A device remembered without a driver stays without one; otherwise its driver takes it back.
+  if (!state || state.driver !== null) probe(kernel, loc.name);
   const to = driverOf(kernel, loc.sysfsPath);
   log.info({ device: loc.name, from, to }, 'driver restored');
   if (state?.driver && to !== state.driver) {

@@ -8,6 +8,7 @@ import { decode, encode } from '../uapi/struct.js';
 import {
   IOMMU,
   IOMMU_IOAS_MAP_FLAG,
+  iommu_destroy,
   iommu_ioas_alloc,
   iommu_ioas_iova_ranges,
   iommu_ioas_map,
@@ -15,7 +16,7 @@ import {
   iommu_iova_range,
 } from '../uapi/iommufd.js';
 import type { IovaRange } from '../dma/iova.js';
-import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd } from '../uapi/vfio.js';
+import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 import { IommuContext, type BeforeBindHook, type Binding, type PassedFd } from './route.js';
 
 export const IOMMUFD_NODE = '/dev/iommu';
@@ -37,7 +38,7 @@ export class IommufdContext extends IommuContext {
 
   /** Uses an iommufd opened by someone else (checked by the caller to be /dev/iommu). */
   static adopt(kernel: Kernel, log: Logger, passed: PassedFd): IommufdContext {
-    return new IommufdContext(kernel, log, passed.fd, passed.owned);
+    return new IommufdContext(kernel, log, passed.fd, false);
   }
 
   /** The context's IO address space, allocated on first use (step IOMMU_IOAS_ALLOC). */
@@ -67,7 +68,7 @@ export class IommufdContext extends IommuContext {
     const fds = new FdStack(this.kernel);
     try {
       const { fd: deviceFd, path } = passed
-        ? { fd: passed.owned ? fds.push(passed.fd) : passed.fd, path: `fd ${passed.fd}` }
+        ? { fd: passed.fd, path: `fd ${passed.fd}` }
         : openCdev(calls, fds, cdev);
       beforeBind?.({ route: 'iommufd', fd: deviceFd, path });
       const bind = encode(vfio_device_bind_iommufd, { argsz: vfio_device_bind_iommufd.size, iommufd: this.fd });
@@ -84,18 +85,37 @@ export class IommufdContext extends IommuContext {
         nodes: { iommu: this.node, cdev: path },
         ids: { devid, ioas, hwpt },
         release: () => {
-          if (!passed || passed.owned) closeQuietly(this.kernel, deviceFd);
+          if (!passed) closeQuietly(this.kernel, deviceFd);
+          else detach(this.kernel, deviceFd); // a lent device fd leaves our IOAS, and stays open
         },
       };
     } catch (e) {
       fds.closeAll();
+      if (passed) detach(this.kernel, passed.fd); // a no-op unless it got attached
       throw e;
     }
   }
 
   protected closeResources(): void {
-    // Closing the iommufd frees the IOAS and every mapping in it (a borrowed one is the lender's).
-    if (this.ownsFd) closeQuietly(this.kernel, this.fd);
+    if (this.ownsFd) {
+      closeQuietly(this.kernel, this.fd); // which frees the IOAS and every mapping in it
+      return;
+    }
+    // A lent iommufd stays open: take out what we put in it (our mappings, then our IOAS).
+    for (const m of this.mappings()) {
+      try {
+        this.unmapRaw(m.iova, m.size);
+      } catch {
+        // gone already: the IOAS goes next anyway
+      }
+    }
+    if (this.ioasId !== null) {
+      try {
+        this.kernel.ioctl(this.fd, IOMMU.DESTROY, encode(iommu_destroy, { size: iommu_destroy.size, id: this.ioasId }));
+      } catch {
+        // a device someone else attached to it keeps it alive; it is theirs then
+      }
+    }
   }
 
   dmaUnavailable(): string | null {
@@ -136,6 +156,15 @@ export class IommufdContext extends IommuContext {
     const calls = this.steps();
     const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioas(calls), iova, length: size });
     calls.ioctl('IOMMU_IOAS_UNMAP', this.fd, IOMMU.IOAS_UNMAP, arg);
+  }
+}
+
+/** Detaches a device fd from its IOAS (VFIO_DEVICE_DETACH_IOMMUFD_PT); answers are ignored. */
+function detach(kernel: Kernel, deviceFd: number): void {
+  try {
+    kernel.ioctl(deviceFd, VFIO.DEVICE_DETACH_IOMMUFD_PT, encode(vfio_device_detach_iommufd_pt, { argsz: vfio_device_detach_iommufd_pt.size }));
+  } catch {
+    // not attached (a failure before ATTACH), or already gone
   }
 }
 

@@ -40,7 +40,7 @@ interface HeldGroup {
   fd: number;
   node: string;
   devices: number;
-  /** false for a group fd lent by the caller: never closed here */
+  /** false for a group fd lent by the caller: taken out of the container, never closed here */
   owned: boolean;
 }
 
@@ -70,7 +70,7 @@ export class ContainerContext extends IommuContext {
   /** Uses a container opened by someone else (checked by the caller to be /dev/vfio/vfio). */
   static adopt(kernel: Kernel, log: Logger, passed: PassedFd): ContainerContext {
     checkApiVersion(new StepCalls(kernel, 'legacy', log), passed.fd);
-    return new ContainerContext(kernel, log, passed.fd, passed.owned);
+    return new ContainerContext(kernel, log, passed.fd, false);
   }
 
   /** The IOMMU type set on the container while it holds groups. */
@@ -89,7 +89,7 @@ export class ContainerContext extends IommuContext {
     const newGroup = held === undefined;
     try {
       if (!held) {
-        const groupFd = passed ? (passed.owned ? fds.push(passed.fd) : passed.fd) : fds.push(calls.open('open group', group.node));
+        const groupFd = passed ? passed.fd : fds.push(calls.open('open group', group.node));
         const status = encode(vfio_group_status, { argsz: vfio_group_status.size });
         calls.ioctl('VFIO_GROUP_GET_STATUS', groupFd, VFIO.GROUP_GET_STATUS, status);
         if ((decode(vfio_group_status, status).flags & VFIO_GROUP_FLAGS_VIABLE) === 0) {
@@ -109,7 +109,7 @@ export class ContainerContext extends IommuContext {
           calls.fail('VFIO_GROUP_SET_CONTAINER', null,
             `group ${group.id} is ${group.noiommu ? '' : 'not '}a noiommu group, and this container's IOMMU type is ${this.type}`, group.node);
         }
-        held = { fd: groupFd, node: passed ? `fd ${passed.fd}` : group.node, devices: 0, owned: !passed || passed.owned };
+        held = { fd: groupFd, node: passed ? `fd ${passed.fd}` : group.node, devices: 0, owned: !passed };
       }
       const deviceFd = fds.push(calls.ioctl('VFIO_GROUP_GET_DEVICE_FD', held.fd, VFIO.GROUP_GET_DEVICE_FD, cString(loc.name)));
       fds.release();
@@ -129,7 +129,7 @@ export class ContainerContext extends IommuContext {
     } catch (e) {
       fds.closeAll();
       // a lent group fd stays open: take it out of our container (a no-op if it never got in)
-      if (newGroup && passed && !passed.owned) unsetContainer(this.kernel, passed.fd);
+      if (newGroup && passed) unsetContainer(this.kernel, passed.fd);
       if (this.groups.size === 0) this.type = null; // the failed group was the only one: the kernel unset the type
       throw e;
     }

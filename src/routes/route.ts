@@ -12,11 +12,13 @@ import { StepCalls } from '../sys/calls.js';
 /** Called with the fd a VMM registers with KVM (KVM_DEV_VFIO_FILE_ADD) before the device is bound. */
 export type BeforeBindHook = (file: { route: RouteName; fd: number; path: string }) => void;
 
-/** A file descriptor someone else opened for us (an unprivileged VMM is handed its nodes). */
+/**
+ * A file descriptor someone else opened for us (an unprivileged VMM is handed its nodes). The routes
+ * only borrow it: whatever they did to it is undone, and it is never closed here (with ownFds, the
+ * device closes it last, after everything else).
+ */
 export interface PassedFd {
   fd: number;
-  /** ours to close (the CLI's inherited fds); otherwise the caller's, never closed here */
-  owned: boolean;
 }
 
 /** One device bound into a context: what the device object then owns. */

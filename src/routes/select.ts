@@ -109,7 +109,7 @@ export interface BindRequest {
   context?: IommuContext;
   beforeBind?: BeforeBindHook;
   /** nodes opened by someone else; they decide the route (no fallback) */
-  passed?: { fds: PassedFds; owned: boolean };
+  passed?: { fds: PassedFds };
 }
 
 export interface BoundRoute {
@@ -122,7 +122,15 @@ export interface BoundRoute {
 }
 
 /** Binds a located device by the policy (or into the given context, whose route then decides). */
+/** Refuses a route policy that is not one (the library takes strings from anywhere). */
+export function checkRoutePolicy(policy: unknown): asserts policy is RoutePolicy {
+  if (!ROUTE_POLICIES.includes(policy as RoutePolicy)) {
+    throw new UsageError(`unknown route "${String(policy)}"`, { hint: `the route is one of ${ROUTE_POLICIES.join(', ')}` });
+  }
+}
+
 export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
+  checkRoutePolicy(req.policy);
   checkBindable(loc);
   const facts = (): Facts => ({
     kernelHasIommufd: req.kernel.exists('/sys/class/misc/iommu'),
@@ -186,15 +194,14 @@ function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallba
   if (req.context?.closed) throw new ClosedError(`cannot bind ${loc.name} into a closed ${req.context.route} context`);
   const own = !req.context;
   const fds = req.passed?.fds;
-  const owned = req.passed?.owned ?? false;
   const context = req.context ?? (route === 'iommufd'
-    ? (fds?.iommufd !== undefined ? IommufdContext.adopt(req.kernel, req.log, { fd: fds.iommufd, owned }) : IommufdContext.open(req.kernel, req.log))
-    : (fds?.container !== undefined ? ContainerContext.adopt(req.kernel, req.log, { fd: fds.container, owned }) : ContainerContext.open(req.kernel, req.log)));
+    ? (fds?.iommufd !== undefined ? IommufdContext.adopt(req.kernel, req.log, { fd: fds.iommufd }) : IommufdContext.open(req.kernel, req.log))
+    : (fds?.container !== undefined ? ContainerContext.adopt(req.kernel, req.log, { fd: fds.container }) : ContainerContext.open(req.kernel, req.log)));
   const passedFd = fds ? (route === 'iommufd' ? fds.device : fds.group) : undefined;
   try {
     processHolds.claim(context, loc.sysfsPath, loc.name, loc.group?.id ?? null);
     try {
-      const binding = context.bind(loc, req.beforeBind, passedFd === undefined ? undefined : { fd: passedFd, owned });
+      const binding = context.bind(loc, req.beforeBind, passedFd === undefined ? undefined : { fd: passedFd });
       return { route, context, ownsContext: own, binding, fallback };
     } catch (e) {
       processHolds.release(loc.sysfsPath, loc.group?.id ?? null);
@@ -288,6 +295,11 @@ export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy:
   if (e.step === 'find group') {
     return new NoRouteError(`${loc.name} has no IOMMU group: no IOMMU translates its DMA`, {
       ...base, hint: 'enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel command line), or, unsafely, vfio.enable_unsafe_noiommu_mode=1',
+    });
+  }
+  if (e.step === 'VFIO_CHECK_EXTENSION' && e.errno === null) {
+    return new NoRouteError(`the legacy route is unavailable: ${e.message}`, {
+      ...base, hint: loc.group?.noiommu ? 'this kernel runs VFIO without noiommu support for this group' : 'load the type1 IOMMU driver: modprobe vfio_iommu_type1',
     });
   }
   if (e.step === 'open /dev/vfio/vfio' && e.errno === 'ENOENT') {

@@ -16,6 +16,7 @@ export interface Addon {
   eventfd(): number;
   watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
   unwatch(handle: object): void;
+  liveCounts(): { mappings: number; watches: number };
 }
 
 let addon: Addon | undefined;
