@@ -4,7 +4,8 @@
 #   matrix.sh CASE             one case
 #   matrix.sh CASE -- COMMAND  any command in that case's guest (output streams; exit status is the command's)
 #   matrix.sh --list           the cases
-# Environment: VM_JOBS=N guests at a time (default 2); VM_VERBOSE=1 streams each case's guest output
+# Environment: VM_JOBS=N guests at a time (default 2); VM_CASE_TIMEOUT=S kills a case's guest after S
+# seconds (default 900; the tests' own limit is 600 s); VM_VERBOSE=1 streams each case's guest output
 # too (it is always kept in the run dir).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -62,7 +63,7 @@ load_case() { KERNEL="" IOMMU="" VM_ARGS=() CHECK=""
 	declare -F "case_$1" >/dev/null || die "unknown case '$1' (matrix.sh --list shows the cases)"
 	"case_$1"
 	# then the library's own real-kernel tests (test/vm), all in one node process
-	CHECK="$CHECK && node --test --test-timeout=180000 --test-reporter=spec dist/test/vm/all.js"
+	CHECK="$CHECK && node --test --test-timeout=600000 --test-reporter=spec dist/test/vm/all.js"
 	CHECK=${CHECK//$'\n'/ }; }   # the definitions above wrap lines for reading
 
 cases=() cmd=()
@@ -99,10 +100,10 @@ run_case() { # case -> writes $logs/<case>.{out,rc,time}
 	load_case "$c"
 	s=$(date +%s.%N)
 	if [ "${VM_VERBOSE:-0}" = 1 ]; then
-		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
 			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
 	else
-		"$TESTBED_DIR/run-vm.sh" --quiet --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
 			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
 	fi
 	printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)" > "$logs/$c.time"

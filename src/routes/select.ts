@@ -144,6 +144,14 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
     try {
       return attempt(route, loc, req, null);
     } catch (e) {
+      if (e instanceof StepError && e.step === 'VFIO_DEVICE_BIND_IOMMUFD' && e.errno === 'EINVAL') {
+        // A cdev binds once per open file and the kernel has no unbind: a lent fd that was bound
+        // before (by us or its owner) answers EINVAL like a device someone else holds.
+        throw new DeviceBusyError(`the device fd passed for ${loc.name} is bound already, or another opener holds the device (VFIO_DEVICE_BIND_IOMMUFD answered EINVAL)`, {
+          errno: e.errno, route, step: e.step, attempts: [e.attempt], cause: e,
+          hint: 'a VFIO cdev binds once per open: pass a newly opened fd of /dev/vfio/devices/vfioN',
+        });
+      }
       if (e instanceof StepError) throw explain(e, loc, facts(), route, [e.attempt]);
       throw e;
     }

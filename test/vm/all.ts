@@ -3,3 +3,6 @@ import './bind.test.js';
 import './mdev.test.js';
 import './device.test.js';
 import './host.test.js';
+import './race.test.js';
+import './leaks.test.js';
+import './permissions.test.js';

@@ -1,5 +1,5 @@
 // Shared by the tests that run inside a test-bed guest (testbed/matrix.sh runs dist/test/vm/all.js).
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -66,3 +66,197 @@ export function holdDevice(device: string, route: string): Promise<Holder> {
     void exited.then((code) => reject(new Error(`holder exited (${code}) before binding:\n${stdout}\n${stderr}`)));
   });
 }
+
+/** setpriv's arguments for an unprivileged user (nobody) with no capabilities and no groups. */
+export const UNPRIVILEGED = ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--inh-caps=-all'];
+export const NOBODY = 65534;
+
+/** Runs the CLI as nobody, with no capabilities; `fds` arrive as fds 3, 4, ... in the CLI. */
+export function runCliUnprivileged(args: string[], fds: number[] = []): CliResult {
+  const r = spawnSync('setpriv', [...UNPRIVILEGED, process.execPath, CLI, ...args], {
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', ...fds], timeout: 120_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** What a failed openDevice threw, as plain data (for IPC between test processes). */
+export interface ErrorRecord {
+  class: string;
+  kind: string | null;
+  exitCode: number | null;
+  route: string | null;
+  step: string | null;
+  errno: string | null;
+  attempts: [string, string | null][];
+  message: string;
+}
+
+export function errorRecord(e: unknown): ErrorRecord {
+  const v = e as { kind?: string; exitCode?: number; route?: string; step?: string; errno?: string | null; attempts?: { step: string; errno: string | null }[]; message?: string; stack?: string };
+  return {
+    class: (e as object)?.constructor?.name ?? typeof e,
+    kind: v?.kind ?? null,
+    exitCode: v?.exitCode ?? null,
+    route: v?.route ?? null,
+    step: v?.step ?? null,
+    errno: v?.errno ?? null,
+    attempts: (v?.attempts ?? []).map((a) => [a.step, a.errno]),
+    // a non-VFIO error is a bug: keep its stack for the report
+    message: v?.kind ? String(v.message) : String(v?.stack ?? e),
+  };
+}
+
+/** One line per error shape: class, route, step, errno and the attempts that led there. */
+export const errorSignature = (r: ErrorRecord): string =>
+  `${r.class}(${r.exitCode}) ${r.route}: ${r.step} ${r.errno} [${r.attempts.map(([s, e]) => `${s} ${e}`).join(', ')}]`;
+
+type Message = Record<string, unknown> & { id?: number; type?: string };
+
+/**
+ * A long-lived helper process with an IPC channel (a worker script under dist/test/vm): node takes
+ * 1-2.5 s to start in a TCG guest, so loops and races run in processes started once.
+ */
+export class WorkerProcess {
+  private readonly queue: Message[] = [];
+  private readonly waiters: { match: (m: Message) => boolean; resolve: (m: Message) => void; reject: (e: Error) => void }[] = [];
+  private nextId = 1;
+  private errText = '';
+  private exitInfo: string | null = null;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(readonly child: ChildProcess, readonly name: string) {
+    child.stderr!.on('data', (d: Buffer) => (this.errText = (this.errText + d.toString()).slice(-8000)));
+    child.stdout!.on('data', (d: Buffer) => (this.errText = (this.errText + d.toString()).slice(-8000)));
+    child.on('message', (m: Message) => {
+      const i = this.waiters.findIndex((w) => w.match(m));
+      if (i >= 0) this.waiters.splice(i, 1)[0]!.resolve(m);
+      else this.queue.push(m);
+    });
+    this.exited = new Promise((resolve) => child.on('exit', (code, signal) => {
+      this.exitInfo = signal ? `killed by ${signal}` : `exited with ${code}`;
+      for (const w of this.waiters.splice(0)) w.reject(this.died());
+      resolve({ code, signal });
+    }));
+  }
+
+  /** Starts dist/test/vm/<script> (as nobody, with no capabilities, if `unprivileged`) and waits for its "ready". */
+  static async start(script: string, options: { name?: string; unprivileged?: boolean } = {}): Promise<WorkerProcess> {
+    const argv = [process.execPath, path.join(import.meta.dirname, script)];
+    const [cmd, ...args] = options.unprivileged ? ['setpriv', ...UNPRIVILEGED, ...argv] : argv;
+    // what fork() does, through setpriv when asked: node finds the IPC channel from its environment
+    const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    const w = new WorkerProcess(child, options.name ?? script);
+    await w.next((m) => m.type === 'ready', 60_000);
+    return w;
+  }
+
+  private died(): Error {
+    return new Error(`worker ${this.name} (pid ${this.child.pid}) ${this.exitInfo}; its output:\n${this.errText}`);
+  }
+
+  send(message: Message): void {
+    this.child.send(message);
+  }
+
+  /** The next message that matches (queued ones first). */
+  next<T = Message>(match: (m: Message) => boolean, timeoutMs = 170_000): Promise<T> {
+    const i = this.queue.findIndex(match);
+    if (i >= 0) return Promise.resolve(this.queue.splice(i, 1)[0] as T);
+    if (this.exitInfo) return Promise.reject(this.died());
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const j = this.waiters.indexOf(waiter);
+        if (j >= 0) this.waiters.splice(j, 1);
+        reject(new Error(`worker ${this.name} did not answer within ${timeoutMs} ms; its output:\n${this.errText}`));
+      }, timeoutMs);
+      const waiter = {
+        match,
+        resolve: (m: Message) => { clearTimeout(timer); resolve(m as T); },
+        reject: (e: Error) => { clearTimeout(timer); reject(e); },
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** Sends a command and waits for the answer with its id; a command that threw rejects. */
+  async request<T = Message>(message: Message, timeoutMs?: number): Promise<T> {
+    const id = this.nextId++;
+    this.send({ ...message, id });
+    const reply = await this.next<Message>((m) => m.id === id, timeoutMs);
+    if (reply.type === 'error') {
+      const e = reply.error as ErrorRecord;
+      throw new Error(`worker ${this.name}: ${String(message.cmd)} threw ${e.class}${e.step ? ` (${e.route}: ${e.step} ${e.errno})` : ''}: ${e.message}`);
+    }
+    return reply as T;
+  }
+
+  /** Asks it to exit (closing what it holds), else kills it. */
+  async stop(): Promise<void> {
+    if (this.exitInfo) return;
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
+    try {
+      this.child.send({ cmd: 'exit' });
+    } catch {
+      this.child.kill('SIGKILL');
+    }
+    await this.exited;
+    clearTimeout(timer);
+  }
+}
+
+/** Answers commands on the IPC channel, in a worker script; a handler's result (or error) is the reply. */
+export function serveCommands(handlers: Record<string, (m: Message) => unknown>): void {
+  process.on('message', (m: Message) => {
+    const cmd = String(m.cmd);
+    if (cmd === 'exit') {
+      handlers.exit?.(m);
+      process.disconnect();
+      return;
+    }
+    const handler = handlers[cmd];
+    let reply: Record<string, unknown>;
+    try {
+      if (!handler) throw new Error(`unknown command ${cmd}`);
+      const result = handler(m);
+      if (result === undefined) return; // the handler replies itself
+      reply = { id: m.id, ...(result as object) };
+    } catch (e) {
+      reply = { id: m.id, type: 'error', error: errorRecord(e) };
+    }
+    process.send!(reply);
+  });
+  // the test process went away (or told us to go): exit, which releases whatever we hold
+  process.on('disconnect', () => process.exit(0));
+  process.send!({ type: 'ready', pid: process.pid, uid: process.getuid!() });
+}
+
+/** Gives nodes to `uid` (and its group) until the returned function puts their old owners back. */
+export function chownNodes(paths: string[], uid: number): () => void {
+  const saved = paths.map((p) => ({ p, st: fs.statSync(p) }));
+  try {
+    for (const p of paths) fs.chownSync(p, uid, uid);
+  } catch (e) {
+    for (const { p, st } of saved) fs.chownSync(p, st.uid, st.gid);
+    throw e;
+  }
+  return () => {
+    for (const { p, st } of saved) fs.chownSync(p, st.uid, st.gid);
+  };
+}
+
+/** Hides a /dev node under another name in its directory until the returned function restores it. */
+export function hideNode(node: string): () => void {
+  const hidden = path.join(path.dirname(node), `.${path.basename(node)}.hidden-by-test`);
+  fs.renameSync(node, hidden);
+  return () => fs.renameSync(hidden, node);
+}
+
+/** Sets a node's mode until the returned function puts the old one back. */
+export function chmodNode(node: string, mode: number): () => void {
+  const old = fs.statSync(node).mode & 0o7777;
+  fs.chmodSync(node, mode);
+  return () => fs.chmodSync(node, old);
+}
+
+/** No stack trace in a CLI's output (what a user sees is one message, and a hint). */
+export const STACK_TRACE = /^\s+at .+[(:]\d+/m;

@@ -1,0 +1,104 @@
+// A long-lived process for leaks.test.ts (commands over IPC): loops of binds that fail, loops of
+// bind/close cycles, and a count of everything a leak would leave behind in this process: fds on VFIO
+// and iommufd nodes, eventfds and VFIO device files, mappings of VFIO nodes, and the addon's live
+// mappings and eventfd watches.
+import fs from 'node:fs';
+import { allocDmaBuffer, openDevice, type DmaBuffer, type RoutePolicy } from '../../src/index.js';
+import { loadAddon } from '../../src/sys/native-kernel.js';
+import { errorRecord, errorSignature, serveCommands } from './helpers.js';
+
+export interface Counts {
+  /** open fds by what they point at */
+  fds: Record<string, number>;
+  /** lines of /proc/self/maps that map a VFIO node or device file */
+  maps: number;
+  live: { mappings: number; watches: number };
+}
+
+const TRACKED_FD = /^\/dev\/(vfio|iommu)|^anon_inode:\[(eventfd|vfio-device)\]$/;
+const TRACKED_MAP = /\/dev\/(vfio|iommu)|vfio-device/;
+
+export function counts(): Counts {
+  const fds: Record<string, number> = {};
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target: string;
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the directory fd readdir used, closed since
+    }
+    if (TRACKED_FD.test(target)) fds[target] = (fds[target] ?? 0) + 1;
+  }
+  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => TRACKED_MAP.test(l)).length;
+  return { fds, maps, live: loadAddon().liveCounts() };
+}
+
+/** Binds that are meant to fail: the tally of what each attempt got. */
+function fail(device: string, policy: RoutePolicy, n: number): { tally: Record<string, number>; ms: number } {
+  const tally: Record<string, number> = {};
+  const t0 = Date.now();
+  for (let i = 0; i < n; i++) {
+    let line: string;
+    try {
+      const d = openDevice(device, { route: policy });
+      line = `bound through ${d.route}`;
+      d.close();
+    } catch (e) {
+      line = errorSignature(errorRecord(e));
+    }
+    tally[line] = (tally[line] ?? 0) + 1;
+  }
+  return { tally, ms: Date.now() - t0 };
+}
+
+/**
+ * n bind/close cycles, alternating the given policies. Every `fullEvery`-th cycle also enables MSI on
+ * an eventfd (and waits on it), maps a DMA page into the device's context and, where BAR0 can be mmapped (edu), maps it
+ * and reads edu's id register: all of it left to close() to undo, but the page, which is ours to free.
+ * `during` is the count taken inside the first such cycle: what a leak would look like.
+ */
+function cycle(device: string, policies: RoutePolicy[], n: number, fullEvery: number): { ms: number; full: number; during: Counts | null; routes: Record<string, number> } {
+  const t0 = Date.now();
+  let during: Counts | null = null;
+  let full = 0;
+  const routes: Record<string, number> = {};
+  for (let i = 0; i < n; i++) {
+    const d = openDevice(device, { route: policies[i % policies.length]! });
+    routes[d.route] = (routes[d.route] ?? 0) + 1;
+    let page: DmaBuffer | null = null;
+    if (i % fullEvery === 0) {
+      // a vector is watched on the event loop while someone waits for it; close() rejects the wait
+      d.enableIrqs('MSI').vector(0).wait().catch(() => {});
+      page = allocDmaBuffer(4096);
+      d.context.map(page);
+      if (d.region('BAR0').mmappable) {
+        const id = d.mapRegion('BAR0').read32(0);
+        if (id !== 0x010000ed) throw new Error(`edu's id register read ${id.toString(16)}`);
+      }
+      during ??= counts();
+      full++;
+    }
+    d.close();
+    page?.free(); // the context let go of it when it closed
+  }
+  return { ms: Date.now() - t0, full, during, routes };
+}
+
+/** errno of this process's own open(O_RDWR) of each path, or "ok" */
+function tryOpen(paths: string[]): Record<string, string> {
+  return Object.fromEntries(paths.map((p) => {
+    try {
+      fs.closeSync(fs.openSync(p, fs.constants.O_RDWR));
+      return [p, 'ok'];
+    } catch (e) {
+      return [p, (e as NodeJS.ErrnoException).code ?? String(e)];
+    }
+  }));
+}
+
+serveCommands({
+  counts: () => ({ counts: counts() }),
+  fail: (m) => fail(m.device as string, m.policy as RoutePolicy, m.n as number),
+  cycle: (m) => cycle(m.device as string, m.policies as RoutePolicy[], m.n as number, m.fullEvery as number),
+  open: (m) => ({ opens: tryOpen(m.paths as string[]) }),
+});
