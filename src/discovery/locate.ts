@@ -1,5 +1,6 @@
 // sysfs and /dev discovery: from a device spec to everything the routes need to know, read without
 // opening any VFIO node (opening one changes ownership; see routes/select.ts).
+import { posix } from 'node:path';
 import { DeviceNotFoundError, UsageError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
 import { parseDeviceSpec, printable, type DeviceSpec } from './spec.js';
@@ -65,6 +66,24 @@ function tryReadlinkTail(kernel: Kernel, path: string): string | null {
   }
 }
 
+/**
+ * The target of a /sys/bus/{pci,mdev}/devices/NAME link, which the kernel makes relative to a real
+ * directory under /sys/devices: one readlink where realpath(3) checks every component of both paths
+ * (a dozen system calls, each slow under emulation). Null for other specs, when it is not a link, or
+ * when it leads elsewhere.
+ */
+function busLinkTarget(kernel: Kernel, spec: DeviceSpec, candidate: string): string | null {
+  if (spec.kind !== 'pci' && spec.kind !== 'mdev') return null;
+  let target: string;
+  try {
+    target = kernel.readlink(candidate);
+  } catch {
+    return null; // absent, or not a link: realpath() says which
+  }
+  const resolved = posix.resolve(posix.dirname(candidate), target);
+  return resolved.startsWith(SYS_DEVICES) ? resolved : null; // anything odd: realpath() judges it
+}
+
 /** Resolves a spec to its sysfs device directory (under /sys/devices) or throws. */
 function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
   let candidate: string;
@@ -76,7 +95,7 @@ function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
   }
   let real: string;
   try {
-    real = kernel.realpath(candidate);
+    real = busLinkTarget(kernel, spec, candidate) ?? kernel.realpath(candidate);
   } catch {
     throw new DeviceNotFoundError(`no device ${printable(raw)}: ${candidate} does not exist`, {
       path: candidate,
