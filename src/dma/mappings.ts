@@ -41,18 +41,31 @@ export class DmaMappings {
   private readonly allocator = new IovaAllocator([]);
   private alignment = 4096n;
   private readonly byIova = new Map<bigint, DmaMapping>();
+  /** the IOMMU's answer, kept until a device joins or leaves the context (asking costs 1-3 system calls) */
+  private known = false;
 
   constructor(
     private readonly backend: DmaBackend,
     private readonly kernel: Kernel,
   ) {}
 
-  /** The allocator with the IOMMU's current ranges: they shrink when a device with reserved regions joins. */
+  /**
+   * The allocator with the IOMMU's current ranges. They change only when a device joins (its reserved
+   * regions shrink them) or leaves the context: the context calls invalidateGeometry() then.
+   */
   private geometry(): IovaAllocator {
-    const g = this.explainFailure(() => this.backend.geometry(), 'the IOVA ranges');
-    this.allocator.ranges = g.ranges;
-    this.alignment = g.alignment;
+    if (!this.known) {
+      const g = this.explainFailure(() => this.backend.geometry(), 'the IOVA ranges');
+      this.allocator.ranges = g.ranges;
+      this.alignment = g.alignment;
+      this.known = true;
+    }
     return this.allocator;
+  }
+
+  /** The devices of the context changed: ask the IOMMU for its ranges again before the next map. */
+  invalidateGeometry(): void {
+    this.known = false;
   }
 
   ranges(): IovaRange[] {
@@ -103,6 +116,7 @@ export class DmaMappings {
       this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, readable, writable), `${size} bytes at IOVA ${hex(iova)}`, size);
     } catch (e) {
       allocator.free(iova);
+      this.known = false; // whatever the kernel objected to, the next map asks it afresh
       throw e;
     }
     buffer.retain();

@@ -59,10 +59,12 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   /** @internal a device bound into this context registers itself so that close() can close it */
   track(device: { close(): void }): void {
     this.members.add(device);
+    this.dmaState?.invalidateGeometry(); // its reserved regions may shrink the IOVA ranges
   }
   /** @internal */
   untrack(device: { close(): void }): void {
     this.members.delete(device);
+    this.dmaState?.invalidateGeometry();
   }
   get deviceCount(): number {
     return this.members.size;
@@ -107,6 +109,7 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   /** @internal the kernel dropped every mapping (a container lost its last group) */
   protected dmaReset(): void {
     this.dmaState?.reset();
+    this.dmaState?.invalidateGeometry();
   }
 
   close(): void {

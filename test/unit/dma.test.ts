@@ -342,6 +342,37 @@ for (const r of ROUTES) {
   });
 }
 
+describe('the IOMMU geometry is asked for once per change of devices', () => {
+  for (const r of ROUTES) {
+    test(r.name, () => {
+      const k = r.host({ devices: [{ address: EDU, group: 3 }, { address: TESTDEV, group: 4 }] });
+      const asks = (): number => k.ioctlNames().filter((n) => n === 'IOMMU_IOAS_IOVA_RANGES' || n === 'VFIO_IOMMU_GET_INFO').length;
+      using ctx = createContext(r.name, { kernel: k }); // closes its devices too, should an assertion fail
+      const a = openDevice(EDU, { kernel: k, context: ctx });
+      const bufs = Array.from({ length: 4 }, () => allocDmaBuffer(K, { kernel: k }));
+      const first = asks();
+      const maps = bufs.map((b) => ctx.map(b));
+      ctx.iovaRanges();
+      const once = asks() - first;
+      assert.ok(once >= 1 && once <= 2, `four maps and a ranges() asked ${once} times`); // type1 may ask twice (argsz)
+      for (const m of maps) ctx.unmap(m);
+      // a device joining may bring reserved regions: the next map asks again
+      const b = openDevice(TESTDEV, { kernel: k, context: ctx });
+      const before = asks();
+      ctx.unmap(ctx.map(bufs[0]!));
+      assert.ok(asks() > before, 'a map after a device joined asks the IOMMU again');
+      b.close();
+      const afterLeave = asks();
+      ctx.unmap(ctx.map(bufs[0]!));
+      assert.ok(asks() > afterLeave, 'a map after a device left asks the IOMMU again');
+      a.close();
+      ctx.close();
+      for (const x of bufs) x.free();
+      assertClean(k);
+    });
+  }
+});
+
 describe('legacy: the container and its groups', () => {
   test('the container losing its last group drops every mapping, in the kernel and in the books', () => {
     const k = FakeKernel.host({ kernel: 'stock' });
