@@ -1,7 +1,9 @@
-// Runs inside a test-bed guest (bench/run.ts starts it): library bind and VFIO_DEVICE_GET_INFO vs the
-// C witness testbed/guest/vfio-probe.c doing the same ioctl sequence, both routes.
+// Runs inside a test-bed guest (bench/run.ts starts it): library bind, VFIO_DEVICE_GET_INFO, DMA map +
+// unmap and BAR0 register reads vs the C witness testbed/guest/vfio-probe.c doing the same ioctl
+// sequence (or loads), both routes where the route matters.
+//   node dist/bench/guest.js [SECTION...]   bind, get_info, dma-2m, dma-4k, mmio (default: all)
 import { execFileSync } from 'node:child_process';
-import { openDevice } from '../src/index.js';
+import { allocDmaBuffer, openDevice, type DmaBuffer, type DmaMapping } from '../src/index.js';
 import { loadAddon } from '../src/sys/native-kernel.js';
 import { encode } from '../src/uapi/struct.js';
 import { VFIO, vfio_device_info } from '../src/uapi/vfio.js';
@@ -11,14 +13,18 @@ const EDU = '0000:00:10.0';
 const probe = process.env.VFIO_PROBE;
 if (!probe) throw new Error('VFIO_PROBE is not set: run this through bench/run.ts');
 
-const cBench = (args: string[], key: string): number => {
+const sections = process.argv.slice(2);
+const wanted = (section: string): boolean => sections.length === 0 || sections.includes(section);
+
+const cBench = (args: string[], key: string, expect?: string): number => {
   const out = execFileSync(probe, args, { encoding: 'utf8' });
   const m = new RegExp(`${key}=([0-9.]+)`).exec(out);
   if (!m) throw new Error(`no ${key} in: ${out}`);
+  if (expect && !out.includes(expect)) throw new Error(`no ${expect} in: ${out}`);
   return Number(m[1]);
 };
 
-for (const route of ['iommufd', 'legacy'] as const) {
+for (const route of wanted('bind') ? (['iommufd', 'legacy'] as const) : []) {
   const n = 200;
   openDevice(EDU, { route }).close(); // warm-up
   const js: number[] = [];
@@ -32,7 +38,7 @@ for (const route of ['iommufd', 'legacy'] as const) {
   console.log(ratioLine(`bind+close (${route}), library vs C`, median(js), median(c), 'us', 1.2));
 }
 
-{
+if (wanted('get_info')) {
   // the device is bound by one side at a time: ours in-process, then the C witness
   const n = 20_000;
   const addon = loadAddon();
@@ -48,4 +54,89 @@ for (const route of ['iommufd', 'legacy'] as const) {
     c.push(cBench(['-i', String(n), 'iommufd', EDU], 'ns_per_ioctl'));
   }
   console.log(ratioLine('VFIO_DEVICE_GET_INFO through the addon vs C', median(js), median(c), 'ns', 1.1));
+}
+
+// DMA map + unmap: TOTAL bytes as TOTAL/CHUNK buffers of CHUNK bytes, mapped at consecutive IOVAs from
+// 1 GiB (vfio-probe's DMA_IOVA; inside intel-iommu's ranges [0, 0xfedfffff] and [0xfef00000, ...]),
+// then unmapped in the same order. Both sides allocate every buffer first (one populated anonymous
+// mmap each) and time only the map and unmap calls. One side holds its memory at a time: the JS
+// buffers are freed before the C witness allocates its own.
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const DMA_IOVA = 1n << 30n;
+
+/** One JS round: binds the device, maps and unmaps total bytes in chunks; returns the map+unmap time in ns. */
+function dmaRound(route: 'iommufd' | 'legacy', total: number, chunk: number): number {
+  const device = openDevice(EDU, { route });
+  const buffers: DmaBuffer[] = [];
+  try {
+    for (let i = 0; i < total / chunk; i++) buffers.push(allocDmaBuffer(chunk));
+    const mappings: DmaMapping[] = [];
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < buffers.length; i++) {
+      mappings.push(device.context.map(buffers[i]!, { iova: DMA_IOVA + BigInt(i * chunk) }));
+    }
+    for (const m of mappings) device.context.unmap(m);
+    return Number(process.hrtime.bigint() - t0);
+  } finally {
+    device.close(); // drops whatever a failed round left mapped, so that the buffers can be freed
+    for (const b of buffers) b.free();
+  }
+}
+
+const sizeName = (n: number): string => (n >= GiB ? `${n / GiB} GiB` : n >= MiB ? `${n / MiB} MiB` : `${n / KiB} KiB`);
+
+const dmaCases = [
+  // the issue's goal: within 5% of C for 2 MiB chunks (512 mappings)
+  { section: 'dma-2m', total: 1 * GiB, chunk: 2 * MiB, rounds: 5, goal: 1.05 },
+  // 16384 mappings. The issue sets no goal for 4 KiB pages; 1.2 is ours, for a verdict to print.
+  { section: 'dma-4k', total: 64 * MiB, chunk: 4 * KiB, rounds: 3, goal: 1.2 },
+];
+for (const { total, chunk, rounds, goal } of dmaCases.filter((c) => wanted(c.section))) {
+  for (const route of ['iommufd', 'legacy'] as const) {
+    // warm-up: V8 has compiled the map and unmap paths (under TCG, compiling is slow enough to show)
+    for (let i = 0; i < 4; i++) dmaRound(route, 32 * chunk, chunk);
+    const js: number[] = [];
+    const c: number[] = [];
+    for (let round = 0; round < rounds; round++) {
+      js.push(dmaRound(route, total, chunk) / 1e6);
+      c.push(cBench(['-d', `${total}:${chunk}`, route, EDU], 'ns_total') / 1e6);
+    }
+    const what = `DMA map+unmap ${sizeName(total)} in ${sizeName(chunk)} (${route}) vs C`;
+    console.log(ratioLine(what, median(js), median(c), 'ms', goal));
+  }
+}
+
+if (wanted('mmio')) {
+  // BAR0 register reads: edu's identification register (offset 0, 0x010000ed), 4-byte loads. The
+  // issue sets no goal for these; the ratio is printed.
+  const n = 100_000;
+  const EDU_ID = 0x010000ed;
+  const addon = loadAddon();
+  const viaMapping: number[] = [];
+  const viaAddon: number[] = [];
+  const c: number[] = [];
+  for (let round = 0; round < 5; round++) {
+    const device = openDevice(EDU, { route: 'iommufd' });
+    try {
+      const bar = device.mapRegion('BAR0');
+      let value = 0;
+      for (let i = 0; i < 1000; i++) value = bar.read32(0); // warm-up
+      let t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) value = bar.read32(0);
+      viaMapping.push(Number(process.hrtime.bigint() - t0) / n);
+      const memory = bar.arrayBuffer;
+      for (let i = 0; i < 1000; i++) value = addon.mmioRead(memory, 0, 4) as number;
+      t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) value = addon.mmioRead(memory, 0, 4) as number;
+      viaAddon.push(Number(process.hrtime.bigint() - t0) / n);
+      if (value !== EDU_ID) throw new Error(`BAR0 offset 0 read 0x${value.toString(16)}, not edu's 0x${EDU_ID.toString(16)}`);
+    } finally {
+      device.close();
+    }
+    c.push(cBench(['-r', String(n), 'iommufd', EDU], 'ns_per_read', `value=0x${EDU_ID.toString(16).padStart(8, '0')}`));
+  }
+  console.log(ratioLine('BAR0 read32() through RegionMapping vs C', median(viaMapping), median(c), 'ns'));
+  console.log(ratioLine('BAR0 read through the raw addon mmioRead vs C', median(viaAddon), median(c), 'ns'));
 }

@@ -5,9 +5,9 @@ export const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** One result line: what, ours, the baseline, and ours/baseline against the goal. */
-export function ratioLine(what: string, ours: number, base: number, unit: string, goal: number): string {
+/** One result line: what, ours, the baseline, and ours/baseline against the goal (if the issue sets one). */
+export function ratioLine(what: string, ours: number, base: number, unit: string, goal?: number): string {
   const ratio = ours / base;
-  const verdict = ratio <= goal ? 'meets' : 'misses';
-  return `${what.padEnd(44)} ${ours.toFixed(1).padStart(10)} ${unit} vs ${base.toFixed(1).padStart(10)} ${unit}  ratio ${ratio.toFixed(2)}x (${verdict} goal <= ${goal.toFixed(2)}x)`;
+  const verdict = goal === undefined ? 'no goal set' : `${ratio <= goal ? 'meets' : 'misses'} goal <= ${goal.toFixed(2)}x`;
+  return `${what.padEnd(44)} ${ours.toFixed(1).padStart(10)} ${unit} vs ${base.toFixed(1).padStart(10)} ${unit}  ratio ${ratio.toFixed(2)}x (${verdict})`;
 }

@@ -2,23 +2,29 @@
  * vfio-probe: the test bed's independent witness of what a kernel answers, written in C against the
  * kernel's own uAPI headers so that it shares no code with the library under test. It is also the C
  * baseline of the benchmarks (bench/): the same ioctl sequence, without Node.
- *   vfio-probe [-n N] [-i M] legacy  DEVICE   container + group route
- *   vfio-probe [-n N] [-i M] iommufd DEVICE   cdev + /dev/iommu route
+ *   vfio-probe [-n N] [-i M] [-d TOTAL:CHUNK] [-r R] legacy  DEVICE   container + group route
+ *   vfio-probe [-n N] [-i M] [-d TOTAL:CHUNK] [-r R] iommufd DEVICE   cdev + /dev/iommu route
  * DEVICE is a PCI address (0000:00:10.0) or a sysfs device directory (an mdev's, say).
  * Prints one line per step, "STEP <name> ok [detail]" or "STEP <name> <ERRNO>", stops at the first
  * failure, and exits 0 when every step succeeded, 1 otherwise (2 on bad usage).
  * -n N binds and closes N times (steps printed for the first only) and prints the time per bind;
  * -i M then sends VFIO_DEVICE_GET_INFO M times on a bound device and prints the time per ioctl.
+ * -d TOTAL:CHUNK then maps TOTAL bytes for DMA as TOTAL/CHUNK mappings of CHUNK bytes at consecutive
+ * IOVAs from 1 GiB, unmaps them, and prints the time (sizes in bytes, or with a K, M or G suffix).
+ * -r R then mmaps BAR0 and reads the 32-bit register at its offset 0 R times; prints the time per read.
+ * The BENCH lines are the benchmarks' (bench/guest.ts); a failure there prints its STEP line and exits 1.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/iommufd.h>
@@ -29,6 +35,9 @@ static const char *name;		/* its name: the PCI address or the mdev UUID */
 static int quiet;			/* print failures only */
 static int opened[8], nopened;		/* fds of the current bind, closed by close_all() */
 static int device_fd = -1;		/* the bound device of the current bind */
+static int container_fd = -1;		/* legacy route: the container of the current bind */
+static int iommu_fd = -1;		/* iommufd route: /dev/iommu of the current bind... */
+static __u32 ioas_id;			/* ...and the IOAS its device is attached to */
 
 static const char *errno_name(int e)
 {
@@ -64,7 +73,7 @@ static void close_all(void)
 {
 	while (nopened > 0)
 		close(opened[--nopened]);
-	device_fd = -1;
+	device_fd = container_fd = iommu_fd = -1;
 }
 
 static double now_ns(void)
@@ -127,6 +136,7 @@ static int legacy(void)
 	snprintf(detail, sizeof(detail), "type=%d", type);
 	if (step("VFIO_SET_IOMMU", ioctl(container, VFIO_SET_IOMMU, type), detail))
 		return 1;
+	container_fd = container;
 	device_fd = own(ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, name));
 	if (step("VFIO_GROUP_GET_DEVICE_FD", device_fd, NULL))
 		return 1;
@@ -174,23 +184,174 @@ static int iommufd(void)
 	snprintf(detail, sizeof(detail), "pt=%u", attach.pt_id);
 	if (step("VFIO_DEVICE_ATTACH_IOMMUFD_PT", r, detail))
 		return 1;
+	iommu_fd = iommu;
+	ioas_id = alloc.out_ioas_id;
 	return get_info();
+}
+
+/* maps SIZE bytes at VADDR for DMA at IOVA, readable and writable by the device, on the bound route */
+static int dma_map(void *vaddr, __u64 iova, __u64 size)
+{
+	if (container_fd >= 0) {
+		struct vfio_iommu_type1_dma_map map = {
+			.argsz = sizeof(map), .flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+			.vaddr = (uintptr_t)vaddr, .iova = iova, .size = size,
+		};
+		return step("VFIO_IOMMU_MAP_DMA", ioctl(container_fd, VFIO_IOMMU_MAP_DMA, &map), NULL);
+	}
+	struct iommu_ioas_map map = {
+		.size = sizeof(map), .ioas_id = ioas_id,
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.user_va = (uintptr_t)vaddr, .length = size, .iova = iova,
+	};
+	return step("IOMMU_IOAS_MAP", ioctl(iommu_fd, IOMMU_IOAS_MAP, &map), NULL);
+}
+
+/* unmaps the SIZE bytes mapped at IOVA; the kernel must report that it unmapped all of them */
+static int dma_unmap(__u64 iova, __u64 size)
+{
+	const char *what;
+	__u64 unmapped;
+	int r;
+	if (container_fd >= 0) {
+		struct vfio_iommu_type1_dma_unmap unmap = { .argsz = sizeof(unmap), .iova = iova, .size = size };
+		what = "VFIO_IOMMU_UNMAP_DMA";
+		r = ioctl(container_fd, VFIO_IOMMU_UNMAP_DMA, &unmap);
+		unmapped = unmap.size;
+	} else {
+		struct iommu_ioas_unmap unmap = { .size = sizeof(unmap), .ioas_id = ioas_id, .iova = iova, .length = size };
+		what = "IOMMU_IOAS_UNMAP";
+		r = ioctl(iommu_fd, IOMMU_IOAS_UNMAP, &unmap);
+		unmapped = unmap.length;
+	}
+	if (step(what, r, NULL))
+		return -1;
+	if (unmapped != size) {
+		printf("STEP %s short %llu-of-%llu\n", what, (unsigned long long)unmapped, (unsigned long long)size);
+		return -1;
+	}
+	return 0;
+}
+
+#define DMA_IOVA (1ULL << 30)	/* inside the IOVA ranges of every IOMMU of the test bed */
+
+/*
+ * -d TOTAL:CHUNK: maps TOTAL/CHUNK buffers of CHUNK bytes at consecutive IOVAs from DMA_IOVA, then
+ * unmaps them in the same order. Each buffer is its own populated anonymous mmap, as the library's
+ * allocDmaBuffer() makes them, so that both sides pin the same kind of memory (one mmap of TOTAL
+ * bytes would get transparent huge pages where separate 4 KiB buffers cannot). Only the map and
+ * unmap ioctls are timed.
+ */
+static int dma_bench(unsigned long long total, unsigned long long chunk)
+{
+	size_t count = total / chunk, mapped = 0, allocated = 0, i;
+	void **buffers = calloc(count, sizeof(*buffers));
+	double t_map = 0, t_unmap = 0, start;
+	int failed = 1;
+
+	if (!buffers) {
+		errno = ENOMEM;
+		step("calloc", -1, NULL);
+		return 1;
+	}
+	for (; allocated < count; allocated++) {
+		buffers[allocated] = mmap(NULL, chunk, PROT_READ | PROT_WRITE,
+					  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+		if (buffers[allocated] == MAP_FAILED) {
+			step("mmap-dma", -1, NULL);
+			goto out;
+		}
+	}
+	start = now_ns();
+	for (; mapped < count; mapped++)
+		if (dma_map(buffers[mapped], DMA_IOVA + mapped * chunk, chunk))
+			break;
+	t_map = now_ns() - start;
+	/* unmap what was mapped, also after a failed map */
+	start = now_ns();
+	for (i = 0; i < mapped; i++)
+		if (dma_unmap(DMA_IOVA + i * chunk, chunk))
+			goto out;
+	t_unmap = now_ns() - start;
+	if (mapped < count)
+		goto out;
+	printf("BENCH dma total=%llu chunk=%llu mappings=%zu ns_map=%.0f ns_unmap=%.0f ns_total=%.0f ns_per_mapping=%.0f\n",
+	       total, chunk, count, t_map, t_unmap, t_map + t_unmap, (t_map + t_unmap) / count);
+	failed = 0;
+out:
+	while (allocated > 0)
+		munmap(buffers[--allocated], chunk);
+	free(buffers);
+	return failed;
+}
+
+/* -r R: mmaps BAR0 and reads its 32-bit register at offset 0 R times, one load each (volatile) */
+static int mmio_bench(long reads)
+{
+	struct vfio_region_info region = { .argsz = sizeof(region), .index = VFIO_PCI_BAR0_REGION_INDEX };
+	if (step("VFIO_DEVICE_GET_REGION_INFO", ioctl(device_fd, VFIO_DEVICE_GET_REGION_INFO, &region), NULL))
+		return 1;
+	if (!(region.flags & VFIO_REGION_INFO_FLAG_MMAP) || region.size < 4) {
+		errno = EINVAL;
+		step("mmap-BAR0", -1, NULL);
+		return 1;
+	}
+	void *bar = mmap(NULL, region.size, PROT_READ, MAP_SHARED, device_fd, region.offset);
+	if (bar == MAP_FAILED)
+		return step("mmap-BAR0", -1, NULL), 1;
+	volatile __u32 *reg = bar;
+	__u32 value = 0;
+	double start = now_ns();
+	for (long i = 0; i < reads; i++)
+		value = *reg;
+	double elapsed = now_ns() - start;
+	printf("BENCH mmio n=%ld value=0x%08x ns_per_read=%.1f\n", reads, value, elapsed / reads);
+	munmap(bar, region.size);
+	return 0;
+}
+
+/* TOTAL:CHUNK of -d, each in bytes with an optional K, M or G suffix; 0 when malformed */
+static int parse_sizes(const char *arg, unsigned long long *total, unsigned long long *chunk)
+{
+	unsigned long long *out[2] = { total, chunk };
+	char *end = (char *)arg;
+	for (int i = 0; i < 2; i++) {
+		const char *s = end;
+		*out[i] = strtoull(s, &end, 10);
+		if (end == s)
+			return 0;
+		switch (*end) {
+		case 'K': *out[i] <<= 10; end++; break;
+		case 'M': *out[i] <<= 20; end++; break;
+		case 'G': *out[i] <<= 30; end++; break;
+		}
+		if (*end != (i == 0 ? ':' : 0))
+			return 0;
+		end++;
+	}
+	/* whole pages, whole chunks, and IOVAs that end by 3 GiB, below x86's MSI window (0xfee00000) */
+	return *chunk > 0 && *chunk % 4096 == 0 && *total > 0 && *total % *chunk == 0 && *total <= 2 * DMA_IOVA;
 }
 
 int main(int argc, char **argv)
 {
-	long binds = 1, infos = 0;
+	long binds = 1, infos = 0, reads = 0;
+	unsigned long long dma_total = 0, dma_chunk = 0;
 	int opt;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while ((opt = getopt(argc, argv, "n:i:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:i:d:r:")) != -1) {
 		if (opt == 'n')
 			binds = atol(optarg);
 		else if (opt == 'i')
 			infos = atol(optarg);
+		else if (opt == 'd' && parse_sizes(optarg, &dma_total, &dma_chunk))
+			;
+		else if (opt == 'r')
+			reads = atol(optarg);
 		else
 			goto usage;
 	}
-	if (argc - optind != 2 || binds < 1 || infos < 0)
+	if (argc - optind != 2 || binds < 1 || infos < 0 || reads < 0)
 		goto usage;
 	const char *route = argv[optind], *device = argv[optind + 1];
 	int (*bind)(void) = !strcmp(route, "legacy") ? legacy : !strcmp(route, "iommufd") ? iommufd : NULL;
@@ -221,9 +382,13 @@ int main(int argc, char **argv)
 				return step("VFIO_DEVICE_GET_INFO", -1, NULL), 1;
 		printf("BENCH get_info n=%ld ns_per_ioctl=%.1f\n", infos, (now_ns() - start) / infos);
 	}
+	if (dma_total > 0 && dma_bench(dma_total, dma_chunk))
+		return 1;
+	if (reads > 0 && mmio_bench(reads))
+		return 1;
 	close_all();
 	return 0;
 usage:
-	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] legacy|iommufd DEVICE\n");
+	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] [-d TOTAL:CHUNK] [-r READS] legacy|iommufd DEVICE\n");
 	return 2;
 }
