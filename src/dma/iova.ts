@@ -14,11 +14,12 @@ interface Allocation {
 const alignUp = (n: bigint, a: bigint): bigint => ((n + a - 1n) / a) * a;
 
 export class IovaAllocator {
-  /** every allocation, sorted by IOVA (they never overlap, so their ends are sorted too) */
-  private readonly used: Allocation[] = [];
+  /** every allocation's size, by IOVA */
+  private readonly sizes = new Map<bigint, bigint>();
   /**
-   * The same space as maximal runs of touching allocations. First fit skips a packed run in one step:
-   * a VMM mapping 16,384 pages one by one would otherwise rescan every earlier page for each new one.
+   * The allocated space as maximal runs of touching allocations, sorted by IOVA. First fit skips a
+   * packed run in one step, and a VMM mapping (or unmapping) 16,384 pages one by one touches only the
+   * run at the end: no rescan of every earlier page, no shifting of a long array.
    */
   private readonly runs: Allocation[] = [];
 
@@ -32,9 +33,12 @@ export class IovaAllocator {
   /** Reserves a caller-chosen IOVA; returns a reason when it cannot. */
   reserve(iova: bigint, size: bigint): string | null {
     if (!this.inRanges(iova, size)) return 'outside the IOVA ranges the IOMMU accepts';
-    const clash = overlapping(this.used, iova, size);
-    if (clash) return `it overlaps the mapping at 0x${clash.iova.toString(16)} (+0x${clash.size.toString(16)})`;
-    this.insert({ iova, size });
+    const run = overlappingRun(this.runs, iova, size);
+    if (run) {
+      const clash = this.allocationIn(run, iova);
+      return `it overlaps the mapping at 0x${clash.iova.toString(16)} (+0x${clash.size.toString(16)})`;
+    }
+    this.insert(iova, size);
     return null;
   }
 
@@ -45,9 +49,9 @@ export class IovaAllocator {
       for (;;) {
         const end = candidate + size - 1n;
         if (end > r.last || (limit !== undefined && end >= limit)) break;
-        const clash = overlapping(this.runs, candidate, size);
+        const clash = overlappingRun(this.runs, candidate, size);
         if (!clash) {
-          this.insert({ iova: candidate, size });
+          this.insert(candidate, size);
           return candidate;
         }
         candidate = alignUp(clash.iova + clash.size, alignment);
@@ -57,35 +61,44 @@ export class IovaAllocator {
   }
 
   free(iova: bigint): void {
-    const i = firstEndingAfter(this.used, iova);
-    const a = this.used[i];
-    if (a?.iova !== iova) return;
-    this.used.splice(i, 1);
+    const size = this.sizes.get(iova);
+    if (size === undefined) return;
+    this.sizes.delete(iova);
     // cut it out of its run, leaving what lies on either side
     const j = firstEndingAfter(this.runs, iova);
     const run = this.runs[j]!;
     const pieces: Allocation[] = [];
     if (run.iova < iova) pieces.push({ iova: run.iova, size: iova - run.iova });
     const runEnd = run.iova + run.size;
-    const end = iova + a.size;
+    const end = iova + size;
     if (end < runEnd) pieces.push({ iova: end, size: runEnd - end });
     this.runs.splice(j, 1, ...pieces);
   }
 
   clear(): void {
-    this.used.length = 0;
+    this.sizes.clear();
     this.runs.length = 0;
   }
 
-  private insert(a: Allocation): void {
-    this.used.splice(firstEndingAfter(this.used, a.iova), 0, a);
+  /** The allocation of a run that holds the first of the bytes from `from` on (for an error message). */
+  private allocationIn(run: Allocation, from: bigint): Allocation {
+    let at = run.iova;
+    for (;;) {
+      const size = this.sizes.get(at)!;
+      if (at + size > from || at + size >= run.iova + run.size) return { iova: at, size };
+      at += size;
+    }
+  }
+
+  private insert(iova: bigint, size: bigint): void {
+    this.sizes.set(iova, size);
     // join the run that ends where it starts and the one that starts where it ends
-    let start = a.iova;
-    let end = a.iova + a.size;
-    const i = firstEndingAfter(this.runs, a.iova - 1n); // the first run ending at or after a.iova
+    let start = iova;
+    let end = iova + size;
+    const i = firstEndingAfter(this.runs, iova - 1n); // the first run ending at or after iova
     let replaced = 0;
     const before = this.runs[i];
-    if (before && before.iova + before.size === a.iova) {
+    if (before && before.iova + before.size === iova) {
       start = before.iova;
       replaced = 1;
     }
@@ -98,21 +111,21 @@ export class IovaAllocator {
   }
 }
 
-/** The index of the first entry of a sorted, non-overlapping list that ends after `at` (binary search). */
-function firstEndingAfter(list: readonly Allocation[], at: bigint): number {
+/** The index of the first run (sorted, disjoint) that ends after `at`: a binary search. */
+function firstEndingAfter(runs: readonly Allocation[], at: bigint): number {
   let lo = 0;
-  let hi = list.length;
+  let hi = runs.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    const u = list[mid]!;
+    const u = runs[mid]!;
     if (u.iova + u.size > at) hi = mid;
     else lo = mid + 1;
   }
   return lo;
 }
 
-/** The entry of a sorted, non-overlapping list that overlaps [iova, iova+size), if any. */
-function overlapping(list: readonly Allocation[], iova: bigint, size: bigint): Allocation | undefined {
-  const u = list[firstEndingAfter(list, iova)];
+/** The run that overlaps [iova, iova+size), if any. */
+function overlappingRun(runs: readonly Allocation[], iova: bigint, size: bigint): Allocation | undefined {
+  const u = runs[firstEndingAfter(runs, iova)];
   return u && u.iova < iova + size ? u : undefined;
 }

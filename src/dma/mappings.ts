@@ -55,7 +55,7 @@ export class DmaMappings {
    */
   private geometry(): IovaAllocator {
     if (!this.known) {
-      const g = this.explainFailure(() => this.backend.geometry(), 'the IOVA ranges');
+      const g = this.explainFailure(() => this.backend.geometry(), () => 'the IOVA ranges');
       this.allocator.ranges = g.ranges;
       this.alignment = g.alignment;
       this.known = true;
@@ -113,7 +113,7 @@ export class DmaMappings {
     const readable = options.readable ?? true;
     const writable = options.writable ?? true;
     try {
-      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, readable, writable), `${size} bytes at IOVA ${hex(iova)}`, size);
+      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, readable, writable), () => `${size} bytes at IOVA ${hex(iova)}`, size);
     } catch (e) {
       allocator.free(iova);
       this.known = false; // whatever the kernel objected to, the next map asks it afresh
@@ -131,7 +131,7 @@ export class DmaMappings {
     if (!mapping || (typeof target !== 'bigint' && mapping !== target)) {
       throw new UsageError(`nothing is mapped at IOVA ${hex(iova)} in this context (unmapped already?)`);
     }
-    this.explainFailure(() => this.backend.unmapRaw(iova, mapping.size), `IOVA ${hex(iova)}`);
+    this.explainFailure(() => this.backend.unmapRaw(iova, mapping.size), () => `IOVA ${hex(iova)}`);
     this.forget(mapping);
   }
 
@@ -155,12 +155,16 @@ export class DmaMappings {
     return `valid IOVA ranges: ${allocator.ranges.map((r) => `${hex(r.start)}-${hex(r.last)}`).join(', ')}`;
   }
 
-  /** Runs a raw DMA step; turns the kernel's errno into what a person can act on. */
-  private explainFailure<T>(fn: () => T, what: string, size?: bigint): T {
+  /**
+   * Runs a raw DMA step; turns the kernel's errno into what a person can act on. `describe` names what
+   * was mapped, built only on failure (this is the hot path of a VMM mapping page by page).
+   */
+  private explainFailure<T>(fn: () => T, describe: () => string, size?: bigint): T {
     try {
       return fn();
     } catch (e) {
       if (!(e instanceof StepError)) throw e;
+      const what = describe();
       const base = { errno: e.errno, route: e.route, step: e.step, attempts: [e.attempt], cause: e };
       if (e.errno === 'ENOMEM' && size !== undefined) {
         const limit = this.memlock();

@@ -50,10 +50,12 @@ export function readField(buf: Buffer, [type, offset]: readonly [FieldType, numb
 /** A zeroed buffer of the struct's size (or more, for a trailing array) with the given fields set. */
 export function encode<D extends FieldSpecs>(layout: StructLayout<D>, values: Encodable<D>, totalSize = layout.size): Buffer {
   const buf = Buffer.alloc(Math.max(totalSize, layout.size));
-  for (const [name, value] of Object.entries(values)) {
+  // for..in, not Object.entries: no array per call on the path of every ioctl
+  for (const name in values) {
     const spec = layout.fields[name];
     if (spec === undefined) throw new Error(`${layout.cName} has no field ${name}`);
-    if (value !== undefined) writeField(buf, spec, value as number | bigint);
+    const value = values[name];
+    if (value !== undefined) writeField(buf, spec, value);
   }
   return buf;
 }

@@ -216,6 +216,13 @@ describe('IovaAllocator: property test (seeded)', () => {
           const why = a.reserve(iova, size);
           const ok = ranges.some((x) => iova >= x.start && iova + size - 1n <= x.last) && !model.clashes(iova, size);
           assert.equal(why === null, ok, `step ${step}: reserve(${iova}, ${size}): ${why}`);
+          const named = why && /overlaps the mapping at 0x([0-9a-f]+) \(\+0x([0-9a-f]+)\)/.exec(why);
+          if (named) {
+            // the mapping the message names is a real one, and it does overlap
+            const [at, len] = [BigInt(`0x${named[1]}`), BigInt(`0x${named[2]}`)];
+            assert.ok(model.used.some((u) => u.iova === at && u.size === len), `step ${step}: ${why} names no mapping`);
+            assert.ok(iova < at + len && at < iova + size, `step ${step}: ${why} does not overlap`);
+          }
           if (ok) {
             model.used.push({ iova, size });
             live.push({ iova, size });
