@@ -2801,8 +2801,7 @@ export class FakeKernel implements Kernel {
     } else {
       const at = Number(eduAddr - EDU_DMA.BUFFER);
       const n = Number(count);
-      if (toRam) this.deviceDmaWrite(dev, iova, e.buffer.subarray(at, at + n));
-      else this.deviceDmaRead(dev, iova, e.buffer.subarray(at, at + n));
+      this.deviceDma(dev, iova, e.buffer.subarray(at, at + n), toRam);
     }
     e.dma.cmd &= ~EDU_DMA.START;
     if ((cmd & EDU_DMA.IRQ) !== 0n) this.eduRaise(dev, e, EDU_DMA.DONE_IRQ);
@@ -2847,35 +2846,24 @@ export class FakeKernel implements Kernel {
     return pieces;
   }
 
-  /** The device reads memory at iova into `into`; on a fault nothing is read. */
-  private deviceDmaRead(dev: DeviceState, iova: bigint, into: Buffer): boolean {
-    const t = this.translate(dev, iova, into.length, false);
+  /**
+   * The device's DMA at iova: a write copies `buf` into memory, a read copies memory into `buf`. On a
+   * fault nothing is copied and the fault is recorded.
+   */
+  private deviceDma(dev: DeviceState, iova: bigint, buf: Buffer, write: boolean): boolean {
+    const t = this.translate(dev, iova, buf.length, write);
     if (typeof t === 'string') {
-      this.dmaFaults.push({ device: dev.name, iova, length: into.length, write: false, reason: t });
+      this.dmaFaults.push({ device: dev.name, iova, length: buf.length, write, reason: t });
       return false;
     }
     let done = 0;
     for (const p of t) {
-      into.set(new Uint8Array(p.mem.pages!, p.at, p.n), done);
+      const memory = new Uint8Array(p.mem.pages!, p.at, p.n);
+      if (write) memory.set(buf.subarray(done, done + p.n));
+      else buf.set(memory, done);
       done += p.n;
     }
-    this.dmaTransfers.push({ device: dev.name, iova, length: into.length, write: false });
-    return true;
-  }
-
-  /** The device writes `data` to memory at iova; on a fault nothing is written. */
-  private deviceDmaWrite(dev: DeviceState, iova: bigint, data: Buffer): boolean {
-    const t = this.translate(dev, iova, data.length, true);
-    if (typeof t === 'string') {
-      this.dmaFaults.push({ device: dev.name, iova, length: data.length, write: true, reason: t });
-      return false;
-    }
-    let done = 0;
-    for (const p of t) {
-      new Uint8Array(p.mem.pages!, p.at, p.n).set(data.subarray(done, done + p.n));
-      done += p.n;
-    }
-    this.dmaTransfers.push({ device: dev.name, iova, length: data.length, write: true });
+    this.dmaTransfers.push({ device: dev.name, iova, length: buf.length, write });
     return true;
   }
 }

@@ -7,6 +7,7 @@ import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
 import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';
+import { hexId } from '../device/config.js';
 import { formatDoctor, formatError, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -143,20 +144,18 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
     const info = device.info();
     const regions = device.regions();
     const irqs = device.irqs();
-    const pci = info.flags.includes('PCI')
-      ? { vendor: device.readConfig(0x00, 2), device: device.readConfig(0x02, 2), class: device.readConfig(0x08, 4) >>> 8 }
-      : null;
+    const pci = info.flags.includes('PCI') ? device.pciIds() : null;
     if (argv.json) {
       out(JSON.stringify({
         report: device.report,
-        ...(pci ? { pci: { vendor: hex(pci.vendor, 4), device: hex(pci.device, 4), class: hex(pci.class, 6) } } : {}),
+        ...(pci ? { pci: { vendor: hexId(pci.vendor, 4), device: hexId(pci.device, 4), class: hexId(pci.class, 6) } } : {}),
         regions: regions.map((r) => ({ ...r, size: r.size.toString(), offset: r.offset.toString(),
           sparseMmap: r.sparseMmap?.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })) ?? null })),
         irqs,
       }, null, 2));
     } else {
       out(formatReport(device.report));
-      if (pci) out(`  pci:    ${hex(pci.vendor, 4)}:${hex(pci.device, 4)} class ${hex(pci.class, 6)}`);
+      if (pci) out(`  pci:    ${hexId(pci.vendor, 4)}:${hexId(pci.device, 4)} class ${hexId(pci.class, 6)}`);
       out('');
       out(formatRegions(regions.filter((r) => r.size > 0n)));
       out('');
@@ -166,8 +165,6 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
     device.close();
   }
 }
-
-const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');
 
 async function driverCommand(argv: Common & { device: string; to?: string; restore: boolean; group: boolean }): Promise<void> {
   const hint = 'vfio-bind driver <device> --to vfio-pci, or vfio-bind driver <device> --restore';

@@ -34,6 +34,9 @@ export interface PciCapability {
 
 type Read = (offset: number, width: 1 | 2 | 4) => number;
 
+/** An id in zero-padded hex, as lspci prints them (1234:11e8, class 00ff00, 0000:00:10.0). */
+export const hexId = (n: number, width: number): string => n.toString(16).padStart(width, '0');
+
 export function readPciIds(read: Read): PciIds {
   return {
     vendor: read(PCI_CONFIG.VENDOR_ID, 2),

@@ -18,7 +18,7 @@ import {
   vfio_pci_dependent_device,
   vfio_pci_hot_reset_info,
 } from '../uapi/vfio.js';
-import { PCI_CONFIG, readCapabilities, readPciIds, type PciCapability, type PciIds } from './config.js';
+import { hexId, PCI_CONFIG, readCapabilities, readPciIds, type PciCapability, type PciIds } from './config.js';
 import { absentIrq, IrqSet, IrqVector, readIrqInfo, setIrqEventfds, setIrqNone, type IrqInfo } from './irqs.js';
 import { RegionMapping } from './mmio.js';
 import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
@@ -314,7 +314,7 @@ export class VfioDevice implements Disposable {
       const byDevid = (info.flags & VFIO_PCI_HOT_RESET_FLAG.DEV_ID) !== 0;
       return Array.from({ length: info.count }, (_, i) => {
         const d = decode(vfio_pci_dependent_device, buf, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
-        const address = `${hex(d.segment, 4)}:${hex(d.bus, 2)}:${hex(d.devfn >> 3, 2)}.${d.devfn & 7}`;
+        const address = `${hexId(d.segment, 4)}:${hexId(d.bus, 2)}:${hexId(d.devfn >> 3, 2)}.${d.devfn & 7}`;
         // VFIO_PCI_DEVID_NOT_OWNED is -1 in a u32: a device bound to another context
         const devid = d.group_id === 0xffff_ffff ? -1 : d.group_id;
         return { address, groupId: byDevid ? null : d.group_id, devid: byDevid ? devid : null };
@@ -438,5 +438,3 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
     throw e;
   }
 }
-
-const hex = (n: number, width: number): string => n.toString(16).padStart(width, '0');

@@ -58,6 +58,21 @@ export function vfioSafeDriver(driver: string | null): boolean {
 
 const tail = (path: string): string => path.slice(path.lastIndexOf('/') + 1);
 
+/** The driver a sysfs device directory is bound to, or null. */
+export function driverOf(kernel: Kernel, sysfsPath: string): string | null {
+  return tryReadlinkTail(kernel, `${sysfsPath}/driver`);
+}
+
+/** A sysfs `dev` attribute ("MAJ:MIN"), or null when it is absent or not one. */
+export function readDevnum(kernel: Kernel, path: string): { major: number; minor: number } | null {
+  try {
+    const m = /^([0-9]+):([0-9]+)$/.exec(kernel.readText(path));
+    return m ? { major: Number(m[1]), minor: Number(m[2]) } : null;
+  } catch {
+    return null;
+  }
+}
+
 function tryReadlinkTail(kernel: Kernel, path: string): string | null {
   try {
     return tail(kernel.readlink(path));
@@ -147,13 +162,8 @@ function readCdev(kernel: Kernel, sysfsPath: string): CdevLocation | null {
   }
   const name = entries.find((e) => /^vfio[0-9]+$/.test(e));
   if (!name) return null;
-  let devnum: CdevLocation['devnum'] = null;
-  try {
-    const m = /^([0-9]+):([0-9]+)$/.exec(kernel.readText(`${sysfsPath}/vfio-dev/${name}/dev`));
-    if (m) devnum = { major: Number(m[1]), minor: Number(m[2]) };
-  } catch {
-    // No `dev` attribute: the kernel has no cdev for this device (no VFIO_DEVICE_CDEV, or noiommu).
-  }
+  // No `dev` attribute: the kernel has no cdev for this device (no VFIO_DEVICE_CDEV, or noiommu).
+  const devnum = readDevnum(kernel, `${sysfsPath}/vfio-dev/${name}/dev`);
   const nodes = [`/dev/vfio/devices/${name}`];
   if (devnum) nodes.push(`/dev/char/${devnum.major}:${devnum.minor}`);
   return { name, devnum, nodes };
@@ -176,7 +186,7 @@ export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
     name,
     bus,
     sysfsPath,
-    driver: tryReadlinkTail(kernel, `${sysfsPath}/driver`),
+    driver: driverOf(kernel, sysfsPath),
     group: readGroup(kernel, sysfsPath),
     cdev: readCdev(kernel, sysfsPath),
   };

@@ -78,7 +78,8 @@ export class DmaBuffer implements Disposable {
   }
 }
 
-const hex = (n: bigint): string => `0x${n.toString(16)}`;
+/** An address or size as the error messages print it. */
+export const hex = (n: bigint): string => `0x${n.toString(16)}`;
 
 /** Allocates page-aligned, populated anonymous memory for DMA (size rounded up to whole pages). */
 export function allocDmaBuffer(kernel: Kernel, size: number, options: DmaBufferOptions = {}): DmaBuffer {

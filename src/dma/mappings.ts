@@ -2,7 +2,7 @@
 // allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
 import { ClosedError, KernelError, NoRouteError, StepError, UsageError, type RouteName } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
-import { DmaBuffer, PAGE_SIZE } from './buffer.js';
+import { DmaBuffer, hex, PAGE_SIZE } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
 
 /** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
@@ -35,7 +35,6 @@ export interface DmaMapping {
   writable: boolean;
 }
 
-const hex = (n: bigint): string => `0x${n.toString(16)}`;
 
 export class DmaMappings {
   private readonly allocator = new IovaAllocator([]);

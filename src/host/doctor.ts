@@ -3,7 +3,7 @@
 import { gunzipSync } from 'node:zlib';
 import { ExitCode, VfioError, type ExitCodeValue } from '../errors.js';
 import { locateDevice, type DeviceLocation } from '../discovery/locate.js';
-import { predictRoute, type RoutePrediction } from '../routes/select.js';
+import { predictRoute, UNSAFE_INTERRUPTS_PARAM, type RoutePrediction } from '../routes/select.js';
 import type { Kernel } from '../sys/kernel.js';
 
 export type CheckStatus = 'ok' | 'info' | 'warn' | 'fail';
@@ -219,7 +219,7 @@ export function doctor(kernel: Kernel, spec?: string): DoctorReport {
     const evidence = prediction.fallback ? [`iommufd: ${prediction.fallback.step}${prediction.fallback.errno ? ` would answer ${prediction.fallback.errno}` : ' fails'}`] : [];
     if (prediction.route && !interruptsAllowed[prediction.route] && !loc.group?.noiommu) {
       // the route is there, but its attach will answer EPERM: its own parameter was not set
-      const param = prediction.route === 'iommufd' ? 'iommufd.allow_unsafe_interrupts=1' : 'vfio_iommu_type1.allow_unsafe_interrupts=1';
+      const param = UNSAFE_INTERRUPTS_PARAM[prediction.route];
       checks.push({
         id: 'route', status: 'fail',
         summary: `bind would take the ${prediction.route} route, and answer EPERM there: no interrupt remapping, and ${param} is not set`,

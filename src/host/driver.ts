@@ -2,7 +2,7 @@
 // drivers_probe), remembering the original driver under /run so that a later process can restore it.
 // Writing drivers_probe succeeds even when the probe failed: the `driver` link is the only truth.
 import { DeviceBusyError, KernelError, NoRouteError, PermissionDeniedError, UsageError } from '../errors.js';
-import { locateDevice, type DeviceLocation } from '../discovery/locate.js';
+import { driverOf, locateDevice, type DeviceLocation } from '../discovery/locate.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
@@ -24,16 +24,6 @@ export interface DriverOptions {
   /** also move the other devices of the IOMMU group that are on host drivers (default: refuse) */
   group?: boolean;
   logger?: Logger;
-}
-
-const tail = (p: string): string => p.slice(p.lastIndexOf('/') + 1);
-
-function driverOf(kernel: Kernel, sysfsPath: string): string | null {
-  try {
-    return tail(kernel.readlink(`${sysfsPath}/driver`));
-  } catch {
-    return null;
-  }
 }
 
 function statePath(name: string): string {

@@ -1,6 +1,7 @@
 // `vfio-bind smoke`: the CI runner's question, "can this device be assigned, by which route?",
 // answered by doing it: bind, read the ids from config space, list regions and IRQs, map and unmap one
 // DMA page (not on noiommu), close.
+import { hexId } from '../device/config.js';
 import { bindAndWrap } from '../device/device.js';
 import { locateDevice } from '../discovery/locate.js';
 import { allocDmaBuffer } from '../dma/buffer.js';
@@ -32,7 +33,7 @@ export function smokeTest(kernel: Kernel, spec: string, options: { route?: Route
       result.route = device.route;
       if (device.info().flags.includes('PCI')) {
         const ids = device.pciIds();
-        result.ids = `${ids.vendor.toString(16).padStart(4, '0')}:${ids.device.toString(16).padStart(4, '0')}`;
+        result.ids = `${hexId(ids.vendor, 4)}:${hexId(ids.device, 4)}`;
       }
       result.regions = device.regions().filter((r) => r.size > 0n).length;
       result.irqs = device.irqs().filter((i) => i.count > 0).length;

@@ -2,7 +2,7 @@
 // gets its nodes from a privileged parent. Each is checked with fstat before any ioctl: a character
 // device whose number is the one sysfs gives for what it is said to be.
 import { BadFdError } from '../errors.js';
-import type { DeviceLocation } from '../discovery/locate.js';
+import { readDevnum, type DeviceLocation } from '../discovery/locate.js';
 import { isSysError, major, makedev, minor, type Kernel } from '../sys/kernel.js';
 
 export interface PassedFds {
@@ -16,14 +16,10 @@ export interface PassedFds {
   container?: number;
 }
 
-/** "MAJ:MIN" from a sysfs dev attribute, as a dev_t. */
+/** A sysfs dev attribute as a dev_t. */
 function devnumAt(kernel: Kernel, path: string): number | null {
-  try {
-    const m = /^([0-9]+):([0-9]+)$/.exec(kernel.readText(path));
-    return m ? makedev(Number(m[1]), Number(m[2])) : null;
-  } catch {
-    return null;
-  }
+  const d = readDevnum(kernel, path);
+  return d ? makedev(d.major, d.minor) : null;
 }
 
 const devString = (rdev: number): string => `${major(rdev)}:${minor(rdev)}`;

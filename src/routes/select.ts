@@ -89,8 +89,17 @@ export const FALLBACK_TABLE: readonly FallbackRule[] = [
   },
 ];
 
-export function findFallbackRule(e: StepError): FallbackRule | undefined {
-  return FALLBACK_TABLE.find((r) => r.step === e.step && r.errno === e.errno);
+/** The rule for an iommufd step's answer (a StepError, or one predicted from the nodes), if any. */
+export function findFallbackRule(answer: { step: string; errno: string | null }): FallbackRule | undefined {
+  return FALLBACK_TABLE.find((r) => r.step === answer.step && r.errno === answer.errno);
+}
+
+/** The facts the reasons are written from: read from sysfs and access(2), nothing opened. */
+function hostFacts(kernel: Kernel, loc: DeviceLocation): Facts {
+  return {
+    kernelHasIommufd: kernel.exists('/sys/class/misc/iommu'),
+    groupUsable: loc.group !== null && kernel.accessible(loc.group.node),
+  };
 }
 
 /** What the route report says of a fallback. */
@@ -121,7 +130,6 @@ export interface BoundRoute {
   fallback: FallbackReport | null;
 }
 
-/** Binds a located device by the policy (or into the given context, whose route then decides). */
 /** Refuses a route policy that is not one (the library takes strings from anywhere). */
 export function checkRoutePolicy(policy: unknown): asserts policy is RoutePolicy {
   if (!ROUTE_POLICIES.includes(policy as RoutePolicy)) {
@@ -129,13 +137,11 @@ export function checkRoutePolicy(policy: unknown): asserts policy is RoutePolicy
   }
 }
 
+/** Binds a located device by the policy (or into the given context, whose route then decides). */
 export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
   checkRoutePolicy(req.policy);
   checkBindable(loc);
-  const facts = (): Facts => ({
-    kernelHasIommufd: req.kernel.exists('/sys/class/misc/iommu'),
-    groupUsable: loc.group !== null && req.kernel.accessible(loc.group.node),
-  });
+  const facts = (): Facts => hostFacts(req.kernel, loc);
   if (req.passed) {
     const route = checkPassedFds(req.kernel, loc, req.passed.fds, req.context?.route ?? null);
     if (req.context && req.context.route !== route) {
@@ -256,7 +262,8 @@ function permissionHint(loc: DeviceLocation): string {
   return `run as root, or give this user read-write access to ${nodes.join(', ')} (a udev rule or chown)`;
 }
 
-const UNSAFE_INTERRUPTS_PARAM: Record<RouteName, string> = {
+/** The module parameter that lets each route accept an IOMMU without interrupt isolation. */
+export const UNSAFE_INTERRUPTS_PARAM: Record<RouteName, string> = {
   iommufd: 'iommufd.allow_unsafe_interrupts=1',
   legacy: 'vfio_iommu_type1.allow_unsafe_interrupts=1',
 };
@@ -340,12 +347,9 @@ export function predictRoute(kernel: Kernel, loc: DeviceLocation): RoutePredicti
   } catch (e) {
     return { route: null, reason: (e as Error).message, fallback: null };
   }
-  const f: Facts = {
-    kernelHasIommufd: kernel.exists('/sys/class/misc/iommu'),
-    groupUsable: loc.group !== null && kernel.accessible(loc.group.node),
-  };
+  const f = hostFacts(kernel, loc);
   const unavailable = (step: string, errno: string | null, path?: string): FallbackReport => {
-    const rule = FALLBACK_TABLE.find((r) => r.step === step && r.errno === errno)!;
+    const rule = findFallbackRule({ step, errno })!;
     return { from: 'iommufd', step, errno, ...(path ? { path } : {}), reason: rule.reason(f) };
   };
   let fallback: FallbackReport | null = null;

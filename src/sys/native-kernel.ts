@@ -75,7 +75,7 @@ export class NativeKernel implements Kernel {
     return fs.readlinkSync(path);
   }
   realpath(path: string): string {
-    // realpath(3), one system call: fs.realpathSync walks the path with an lstat per component
+    // one call into libc's realpath(3) (which still checks each component), not fs.realpathSync's JavaScript walk
     return fs.realpathSync.native(path);
   }
   readdir(path: string): string[] {

@@ -2,7 +2,7 @@
 // permissions leave open, and errors that name the nodes and what is needed (noiommu: CAP_SYS_RAWIO).
 // Then nodes opened by a privileged parent and handed down as fds 3 and 4: an unprivileged child that
 // could not open them binds through them (CLI and library); wrong fds are usage errors.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -134,26 +134,39 @@ function libraryChild(mode: 'iommufd' | 'legacy', fds: number[], tryNodes: strin
   }>({ code: r.status, stdout: r.stdout, stderr: r.stderr });
 }
 
-test('fds of the cdev and /dev/iommu from a root parent: an unprivileged child that cannot open them binds through iommufd', { skip: !CDEV_FDS && 'iommufd-6.12-virtio only' }, (t) => {
-  const { cdev } = nodes();
-  withOpen([cdev, IOMMU], (fds) => {
-    const r = runCliUnprivileged(['bind', EDU, '--device-fd', '3', '--iommufd-fd', '4', '--json'], fds);
+/**
+ * Nodes opened here as root, handed as fds 3 and 4 to an unprivileged CLI (which binds through them
+ * and reports `nodes`), then to an unprivileged library child that shows it could not have opened
+ * them itself and leaves them open; `checkBinds` judges the child's binds.
+ */
+function passedFdsCase(t: TestContext, route: 'iommufd' | 'legacy', paths: [string, string], flags: [string, string],
+  reportNodes: Record<string, string>, checkBinds: (binds: unknown[]) => void): void {
+  withOpen(paths, (fds) => {
+    const r = runCliUnprivileged(['bind', EDU, flags[0], '3', flags[1], '4', '--json'], fds);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const report = json<Report>(r);
-    assert.equal(report.route, 'iommufd');
+    assert.equal(report.route, route);
     assert.equal(report.fallback, null);
-    assert.deepEqual(report.nodes, { iommu: IOMMU, cdev: 'fd 3' });
+    assert.deepEqual(report.nodes, reportNodes);
   });
-  withOpen([cdev, IOMMU], (fds) => {
-    const child = libraryChild('iommufd', fds, [cdev, IOMMU]);
+  withOpen(paths, (fds) => {
+    const child = libraryChild(route, fds, paths);
     t.diagnostic(JSON.stringify(child));
     assert.equal(child.uid, NOBODY);
-    assert.deepEqual(child.opens, { [cdev]: 'EACCES', [IOMMU]: 'EACCES' }, 'the child could not have opened the nodes itself');
-    assert.deepEqual(child.binds[0], { route: 'iommufd', nodes: { iommu: IOMMU, cdev: 'fd 3' } });
-    // (child.binds[1], a second bind through the same cdev fd, is not asserted: the kernel has no
-    // unbind, so a cdev stays bound to its iommufd while any fd of that open file lives)
-    assert.deepEqual(child.before.map((f) => f.target), [cdev, IOMMU]);
+    assert.deepEqual(child.opens, { [paths[0]]: 'EACCES', [paths[1]]: 'EACCES' }, 'the child could not have opened the nodes itself');
+    checkBinds(child.binds);
+    assert.deepEqual(child.before.map((f) => f.target), paths);
     assert.deepEqual(child.after, child.before, 'the passed fds are still open after close()');
+  });
+}
+
+test('fds of the cdev and /dev/iommu from a root parent: an unprivileged child that cannot open them binds through iommufd', { skip: !CDEV_FDS && 'iommufd-6.12-virtio only' }, (t) => {
+  const { cdev } = nodes();
+  const reportNodes = { iommu: IOMMU, cdev: 'fd 3' };
+  passedFdsCase(t, 'iommufd', [cdev, IOMMU], ['--device-fd', '--iommufd-fd'], reportNodes, (binds) => {
+    assert.deepEqual(binds[0], { route: 'iommufd', nodes: reportNodes });
+    // (binds[1], a second bind through the same cdev fd, is not asserted: the kernel has no unbind,
+    // so a cdev stays bound to its iommufd while any fd of that open file lives)
   });
 });
 
@@ -162,23 +175,10 @@ test('fds of the group node and /dev/vfio/vfio from a root parent: an unprivileg
   // /dev/vfio/vfio is world read-write: closed to others here, so that the child cannot open it either
   const restore = chmodNode(CONTAINER, 0o600);
   try {
-    withOpen([group, CONTAINER], (fds) => {
-      const r = runCliUnprivileged(['bind', EDU, '--group-fd', '3', '--container-fd', '4', '--json'], fds);
-      assert.equal(r.code, 0, r.stdout + r.stderr);
-      const report = json<Report>(r);
-      assert.equal(report.route, 'legacy');
-      assert.equal(report.fallback, null);
-      assert.deepEqual(report.nodes, { container: CONTAINER, group: 'fd 3' });
-    });
-    withOpen([group, CONTAINER], (fds) => {
-      const child = libraryChild('legacy', fds, [group, CONTAINER]);
-      t.diagnostic(JSON.stringify(child));
-      assert.equal(child.uid, NOBODY);
-      assert.deepEqual(child.opens, { [group]: 'EACCES', [CONTAINER]: 'EACCES' }, 'the child could not have opened the nodes itself');
-      const bound = { route: 'legacy', nodes: { container: CONTAINER, group: 'fd 3' } };
-      assert.deepEqual(child.binds, [bound, bound], 'bound, closed, and bound again through the same fds');
-      assert.deepEqual(child.before.map((f) => f.target), [group, CONTAINER]);
-      assert.deepEqual(child.after, child.before, 'the passed fds are still open after close()');
+    const reportNodes = { container: CONTAINER, group: 'fd 3' };
+    passedFdsCase(t, 'legacy', [group, CONTAINER], ['--group-fd', '--container-fd'], reportNodes, (binds) => {
+      const bound = { route: 'legacy', nodes: reportNodes };
+      assert.deepEqual(binds, [bound, bound], 'bound, closed, and bound again through the same fds');
     });
   } finally {
     restore();
