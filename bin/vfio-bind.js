@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // The installed `vfio-bind` command. It runs the CLI bundle (dist/cli/main.cjs, built by
 // scripts/bundle.mjs) through V8's code cache (dist/cli/main.cache): compiling the bundle would be
-// most of the start-up. A cache V8 rejects (another Node version) only costs that compile.
-import fs from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import vm from 'node:vm';
+// most of the start-up. A cache V8 rejects (another Node version) only costs that compile. This file
+// is CommonJS (bin/package.json): an ES module entry point makes node load its ES module loader and
+// every stream class before the first line runs, seconds under emulation.
+'use strict';
+const fs = require('node:fs');
+const { createRequire } = require('node:module');
+const path = require('node:path');
+const vm = require('node:vm');
 
-const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../dist/cli');
+const dir = path.join(__dirname, '../dist/cli');
 const file = path.join(dir, 'main.cjs');
 
 function load() {
@@ -26,13 +28,18 @@ function load() {
   return { cli: module.exports, script };
 }
 
-try {
-  const { cli, script } = load();
-  await cli.main(process.argv.slice(2));
-  if (process.env.VFIO_BIND_WRITE_CODE_CACHE) fs.writeFileSync(process.env.VFIO_BIND_WRITE_CODE_CACHE, script.createCachedData());
-} catch (e) {
+function cannotStart(e) {
   // main() reports its own errors; only a broken installation gets here. No stack trace for users.
   process.stderr.write(`vfio-bind: cannot start: ${e && e.message ? e.message : e}\n` +
     '  hint: run `npm install` (it builds the addon and the CLI) in the package directory\n');
   process.exitCode = 1;
+}
+
+try {
+  const { cli, script } = load();
+  cli.main(process.argv.slice(2)).then(() => {
+    if (process.env.VFIO_BIND_WRITE_CODE_CACHE) fs.writeFileSync(process.env.VFIO_BIND_WRITE_CODE_CACHE, script.createCachedData());
+  }, cannotStart);
+} catch (e) {
+  cannotStart(e);
 }

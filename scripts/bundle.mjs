@@ -10,12 +10,14 @@ import * as esbuild from 'esbuild-wasm';
 
 fs.rmSync('dist/cli', { recursive: true, force: true }); // no stale files
 
-// yargs' imports of string-width go to a shim that loads it on first use (see the shim for why).
-const LAZY_STRING_WIDTH = path.resolve('scripts/lazy-string-width.cjs');
-const lazyStringWidth = {
-  name: 'lazy-string-width',
+// Modules the bundle needs only now and then go through shims that load them on first real use (each
+// shim says why): yargs' and cliui's string-width, and yargs' assert (node:assert, with its stream-backed
+// error formatting, is ~6% of a command's start-up under TCG).
+const LAZY = { 'string-width': path.resolve('scripts/lazy-string-width.cjs'), assert: path.resolve('scripts/lazy-assert.cjs') };
+const lazyModules = {
+  name: 'lazy-modules',
   setup(build) {
-    build.onResolve({ filter: /^string-width$/ }, (args) => (args.importer === LAZY_STRING_WIDTH ? undefined : { path: LAZY_STRING_WIDTH }));
+    build.onResolve({ filter: /^(string-width|assert)$/ }, (args) => (args.importer === LAZY[args.path] ? undefined : { path: LAZY[args.path] }));
   },
 };
 
@@ -38,7 +40,7 @@ await esbuild.build({
   // yargs (an ES module) locates itself by import.meta.url: give the CommonJS bundle one.
   define: { 'import.meta.url': '__bundleUrl' },
   banner: { js: "var __bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
-  plugins: [lazyStringWidth],
+  plugins: [lazyModules],
 });
 
 // The cache holds what a run compiled, so it is written after one: --help touches the parser, the

@@ -1,10 +1,14 @@
 // `vfio-bind doctor`: is this host ready to assign devices, and this device? One check per line, each
 // with its evidence and, when something is off, the fix. Nothing is opened or bound.
-import { gunzipSync } from 'node:zlib';
+import { createRequire } from 'node:module';
 import { ExitCode, VfioError, type ExitCodeValue } from '../errors.js';
 import { locateDevice, type DeviceLocation } from '../discovery/locate.js';
 import { predictRoute, UNSAFE_INTERRUPTS_PARAM, type RoutePrediction } from '../routes/select.js';
 import type { Kernel } from '../sys/kernel.js';
+
+/** node:zlib, loaded only when a kernel's config must be read from /proc/config.gz (every CLI command
+ *  loads this module, and zlib is a noticeable part of start-up under emulation). */
+const gunzip = (data: Buffer): Buffer => (createRequire(import.meta.url)('node:zlib') as typeof import('node:zlib')).gunzipSync(data);
 
 export type CheckStatus = 'ok' | 'info' | 'warn' | 'fail';
 
@@ -59,7 +63,7 @@ function kernelConfig(kernel: Kernel, release: string): { source: string; option
   let source = `/boot/config-${release}`;
   if (text === null) {
     try {
-      text = gunzipSync(kernel.readBytes('/proc/config.gz')).toString('utf8');
+      text = gunzip(kernel.readBytes('/proc/config.gz')).toString('utf8');
       source = '/proc/config.gz';
     } catch {
       text = null;
