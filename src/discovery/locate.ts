@@ -128,7 +128,8 @@ function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
   return real;
 }
 
-function readGroup(kernel: Kernel, sysfsPath: string): GroupLocation | null {
+/** `self` is the located device, whose driver and bus are known already (often the only member). */
+function readGroup(kernel: Kernel, sysfsPath: string, self: { name: string; driver: string | null; bus: DeviceLocation['bus'] }): GroupLocation | null {
   const groupId = tryReadlinkTail(kernel, `${sysfsPath}/iommu_group`);
   if (groupId === null || !/^[0-9]+$/.test(groupId)) return null;
   const id = Number(groupId);
@@ -144,6 +145,7 @@ function readGroup(kernel: Kernel, sysfsPath: string): GroupLocation | null {
     // A group without a devices/ directory lists no members; the routes will tell what is wrong.
   }
   const members = names.map((name) => {
+    if (name === self.name) return { name, driver: self.driver, vfioSafe: self.bus === 'mdev' || vfioSafeDriver(self.driver) };
     const dir = `/sys/kernel/iommu_groups/${id}/devices/${name}`;
     const driver = tryReadlinkTail(kernel, `${dir}/driver`);
     // An mdev is bound to its parent's vendor driver (mtty, say), which is VFIO's own by construction.
@@ -181,13 +183,14 @@ export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
   else {
     throw new UsageError(`${printable(rawSpec)} is not a PCI or mdev device (${sysfsPath}, bus ${subsystem ?? 'unknown'})`);
   }
+  const driver = driverOf(kernel, sysfsPath);
   return {
     spec: rawSpec,
     name,
     bus,
     sysfsPath,
-    driver: driverOf(kernel, sysfsPath),
-    group: readGroup(kernel, sysfsPath),
+    driver,
+    group: readGroup(kernel, sysfsPath, { name, driver, bus }),
     cdev: readCdev(kernel, sysfsPath),
   };
 }

@@ -30,9 +30,9 @@ export const ROUTE_POLICIES: readonly RoutePolicy[] = ['auto', 'iommufd', 'legac
 /** Facts about this host that turn an errno into a sentence. */
 interface Facts {
   /** the kernel has iommufd (its misc device is registered), whether or not /dev/iommu is visible */
-  kernelHasIommufd: boolean;
+  readonly kernelHasIommufd: boolean;
   /** this process could open the device's group node read-write */
-  groupUsable: boolean;
+  readonly groupUsable: boolean;
 }
 
 export type FallbackAction =
@@ -94,11 +94,20 @@ export function findFallbackRule(answer: { step: string; errno: string | null })
   return FALLBACK_TABLE.find((r) => r.step === answer.step && r.errno === answer.errno);
 }
 
-/** The facts the reasons are written from: read from sysfs and access(2), nothing opened. */
+/**
+ * The facts the reasons are written from: read from sysfs and access(2), nothing opened, and each only
+ * when a reason or rule asks for it (most failed binds, EBUSY say, need neither).
+ */
 function hostFacts(kernel: Kernel, loc: DeviceLocation): Facts {
+  let kernelHasIommufd: boolean | undefined;
+  let groupUsable: boolean | undefined;
   return {
-    kernelHasIommufd: kernel.exists('/sys/class/misc/iommu'),
-    groupUsable: loc.group !== null && kernel.accessible(loc.group.node),
+    get kernelHasIommufd() {
+      return (kernelHasIommufd ??= kernel.exists('/sys/class/misc/iommu'));
+    },
+    get groupUsable() {
+      return (groupUsable ??= loc.group !== null && kernel.accessible(loc.group.node));
+    },
   };
 }
 
