@@ -12,11 +12,11 @@ case $name in
 esac
 apt_private_update
 # linux-image-amd64 (the metapackage) depends on exactly one versioned image package.
-read -r meta_ver < <(apt-cache $(apt_private_opts) madison linux-image-amd64 | awk -F' \\| ' -v s="$suite" \
+read -r meta_ver < <(apt_private_query madison linux-image-amd64 | awk -F' \\| ' -v s="$suite" \
 	'$3 ~ s { gsub(/ /, "", $2); print $2; exit }')
 [ -n "${meta_ver:-}" ] || die "linux-image-amd64 not found for $name"
-pkg=$(apt-cache $(apt_private_opts) show "linux-image-amd64=$meta_ver" | sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -1)
-ver=$(apt-cache $(apt_private_opts) show "linux-image-amd64=$meta_ver" | sed -n 's/^Depends: linux-image-[^ ]* (= \([^)]*\)).*/\1/p' | head -1)
+pkg=$(apt_private_query show "linux-image-amd64=$meta_ver" | sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -1)
+ver=$(apt_private_query show "linux-image-amd64=$meta_ver" | sed -n 's/^Depends: linux-image-[^ ]* (= \([^)]*\)).*/\1/p' | head -1)
 [ -n "$pkg" ] && [ -n "$ver" ] || die "cannot resolve the image package behind linux-image-amd64=$meta_ver"
 dest=$KERNELS/$name-${ver//[~:+]/_}
 if [ -f "$dest/.complete" ]; then echo "$dest"; exit 0; fi

@@ -30,10 +30,20 @@ SRC
 	apt-get $(apt_private_opts) -qq update >&2 || die "apt-get update (private lists) failed"
 	touch "$stamp"
 }
+# apt-cache on the private lists, answered from a memo until the lists are next updated: a query costs
+# ~1 s of CPU, and every guest boot asks the same ones to find its kernel.
+apt_private_query() { # apt-cache arguments
+	local memo
+	memo=$APT_PRIVATE/memo/$(printf '%s\n' "$@" | sha256sum | cut -c1-16)
+	if [ -f "$memo" ] && [ "$memo" -nt "$APT_PRIVATE/updated" ]; then cat "$memo"; return 0; fi
+	mkdir -p "$APT_PRIVATE/memo"
+	# shellcheck disable=SC2046
+	apt-cache $(apt_private_opts) "$@" > "$memo.$$" || { rm -f "$memo.$$"; return 1; }
+	mv "$memo.$$" "$memo" && cat "$memo"
+}
 # newest version of a package in the private lists, optionally from one suite
 apt_private_version() { # pkg [suite]
-	# shellcheck disable=SC2046
-	apt-cache $(apt_private_opts) madison "$1" | awk -v s="${2:-}" -F' \\| ' \
+	apt_private_query madison "$1" | awk -v s="${2:-}" -F' \\| ' \
 		's == "" || $3 ~ s { gsub(/ /, "", $2); print $2; exit }'
 }
 # download pkg=version into $DEBS (once) and print the .deb path

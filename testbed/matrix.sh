@@ -65,7 +65,7 @@ load_case() { KERNEL="" IOMMU="" VM_ARGS=() CHECK=""
 	declare -F "case_$1" >/dev/null || die "unknown case '$1' (matrix.sh --list shows the cases)"
 	"case_$1"
 	# then the library's own real-kernel tests (test/vm), all in one node process
-	CHECK="$CHECK && node --test --test-timeout=600000 --test-reporter=spec dist/test/vm/all.js"
+	CHECK="$CHECK && node --test-reporter=spec dist/test/vm/all.js"
 	CHECK=${CHECK//$'\n'/ }; }   # the definitions above wrap lines for reading
 
 cases=() cmd=()

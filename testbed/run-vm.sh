@@ -53,6 +53,11 @@ case $IOMMU in
 	noiommu) APPEND="$APPEND vfio.enable_unsafe_noiommu_mode=1" ;;
 	*) echo "run-vm: unknown --iommu $IOMMU (intel | virtio | virtio-strict | none | noiommu)" >&2; exit 2 ;;
 esac
+# Debian's kernels harden things the test bed does not exercise and TCG emulates slowly: CPU
+# vulnerability mitigations, zeroing of every page allocated (node's heap), an audit record per exec,
+# voluntary preemption. None of them changes what VFIO or iommufd do; with them off, node starts in a
+# stock-6.1 guest in 0.77 s instead of 1.2 s, and a CLI bind takes 1.6 s instead of 2.4 s.
+case $KERNEL in stock-*) APPEND="$APPEND mitigations=off init_on_alloc=0 audit=0 preempt=none" ;; esac
 APPEND="$APPEND$APPEND_EXTRA"
 
 { read -r KIMG; read -r INITRD; } < <("$TESTBED_DIR/kernel.sh" "$KERNEL") 
