@@ -85,7 +85,9 @@ test('virtio-iommu without unsafe interrupts: an error naming the missing isolat
   assert.match(legacy.hint, /vfio_iommu_type1\.allow_unsafe_interrupts=1/);
 });
 
-test('a device without a VFIO driver, and an absent device, are clear errors', () => {
+// Discovery's answers for these do not depend on the kernel's VFIO: one case of each kernel family.
+const NOT_VFIO_CASES = ['stock-6.1-intel', 'iommufd-6.12-intel'];
+test('a device without a VFIO driver, and an absent device, are clear errors', { skip: !NOT_VFIO_CASES.includes(CASE) && `${NOT_VFIO_CASES.join(' and ')} only` }, () => {
   // the guest's virtio-9p transports are PCI devices held by virtio-pci
   const virtio = fs.readdirSync('/sys/bus/pci/devices').find((d) => {
     try {
@@ -102,15 +104,20 @@ test('a device without a VFIO driver, and an absent device, are clear errors', (
   assert.throws(() => openDevice('0000:00:1f.7'), DeviceNotFoundError);
 });
 
+// The CLI's `info` where each kind of route report is printed (iommufd; legacy after a fallback for
+// want of iommufd; noiommu); the auto-route test above checks every case's report as JSON.
+const INFO_CLI_CASES = ['iommufd-6.12-intel', 'stock-6.1-intel', 'iommufd-6.12-noiommu'];
 test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expected && 'no edu bind in this case' }, () => {
-  // the CLI, for a person (one run: node starts slowly under TCG) ...
-  const r = runCli(['info', EDU]);
-  assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, new RegExp(`bound through ${expected!.route}`));
-  if (expected!.fallback) assert.match(r.stdout, expected!.fallback.reason);
-  assert.match(r.stdout, /pci: +1234:11e8/);
-  assert.match(r.stdout, /^BAR0 +0x100000 +rwm/m);
-  // ... and the library underneath
+  if (INFO_CLI_CASES.includes(CASE)) {
+    // the CLI, for a person (one run: node starts slowly under TCG) ...
+    const r = runCli(['info', EDU]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`bound through ${expected!.route}`));
+    if (expected!.fallback) assert.match(r.stdout, expected!.fallback.reason);
+    assert.match(r.stdout, /pci: +1234:11e8/);
+    assert.match(r.stdout, /^BAR0 +0x100000 +rwm/m);
+  }
+  // ... and the library underneath, everywhere
   using device = openDevice(EDU);
   assert.equal(device.readConfig(0x00, 2), 0x1234);
   assert.equal(device.readConfig(0x02, 2), 0x11e8);
@@ -120,6 +127,8 @@ test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expec
   assert.equal(device.region('CONFIG').size > 0n, true);
 });
 
+// The cases race.test.ts races in: its SIGKILL case checks the CLI's busy exit (4) there.
+const RACED_CASES = ['iommufd-6.12-virtio', 'iommufd-6.12-hidden-iommu', 'stock-6.1-intel'];
 // where auto takes the iommufd route, both routes can hold the device; elsewhere only legacy can
 const iommufdUsable = expected?.route === 'iommufd';
 for (const route of ['iommufd', 'legacy'] as const) {
@@ -148,7 +157,7 @@ for (const route of ['iommufd', 'legacy'] as const) {
         assert.equal(err.step, 'VFIO_DEVICE_BIND_IOMMUFD');
         assert.equal(err.errno, 'EBUSY');
       }
-      if (route === 'legacy') {
+      if (route === 'legacy' && !RACED_CASES.includes(CASE)) {
         const cli = runCli(['bind', EDU]);
         assert.equal(cli.code, 4);
         assert.match(cli.stderr, /in use by another process/);

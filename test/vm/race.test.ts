@@ -16,6 +16,7 @@ type Policy = 'iommufd' | 'legacy' | 'auto';
 const BIND = 'VFIO_DEVICE_BIND_IOMMUFD';
 
 /** Per case: the rounds per policy, and, where auto takes legacy, the iommufd answer that sends it there. */
+// bind.test.ts's RACED_CASES names these cases (their SIGKILL case checks the CLI's busy exit).
 const PLAN: Record<string, { rounds: Partial<Record<Policy, number>>; mixed?: number; autoFallback?: [string, string | null] }> = {
   // Spread over cases whose own tests are short (node --test gives a case's tests 180 s together, and
   // a round costs ~100 ms under TCG): the iommufd route on virtio-iommu; the legacy route where the
