@@ -4,7 +4,7 @@
 # Debian's stock kernel with QEMU's edu device bound to vfio-pci (a download, not a kernel build).
 set -eu
 cd "$(dirname "$0")/.."
-[ -f dist/cli/main.js ] || npm run --silent build
+[ -f dist/cli/main.cjs ] || npm run --silent build   # npm install built it (prepare)
 cli="node bin/vfio-bind.js"
 devices=$($cli list --json | node -e '
   let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => {
