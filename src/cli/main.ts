@@ -123,7 +123,6 @@ async function bindCommand(argv: Common & FdArgs & { device: string; route: Rout
 }
 
 function holdUntilSignal(name: string): Promise<void> {
-  process.stderr.write(`holding ${name}; press Ctrl-C (or send SIGTERM) to release it\n`);
   return new Promise((resolve) => {
     // Signal handlers do not keep Node's event loop alive; this timer does, until a signal comes.
     const keepAlive = setInterval(() => {}, 1 << 30);
@@ -135,6 +134,9 @@ function holdUntilSignal(name: string): Promise<void> {
     };
     process.on('SIGINT', done);
     process.on('SIGTERM', done);
+    // Only now: whoever waits for this line may signal at once, and must find the handlers in place
+    // (a SIGTERM before them kills the process by default action: no release, no exit status 0).
+    process.stderr.write(`holding ${name}; press Ctrl-C (or send SIGTERM) to release it\n`);
   });
 }
 
