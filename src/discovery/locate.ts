@@ -145,11 +145,11 @@ function readGroup(kernel: Kernel, sysfsPath: string, self: { name: string; driv
     // A group without a devices/ directory lists no members; the routes will tell what is wrong.
   }
   const members = names.map((name) => {
-    if (name === self.name) return { name, driver: self.driver, vfioSafe: self.bus === 'mdev' || vfioSafeDriver(self.driver) };
     const dir = `/sys/kernel/iommu_groups/${id}/devices/${name}`;
-    const driver = tryReadlinkTail(kernel, `${dir}/driver`);
+    const own = name === self.name;
+    const driver = own ? self.driver : tryReadlinkTail(kernel, `${dir}/driver`);
     // An mdev is bound to its parent's vendor driver (mtty, say), which is VFIO's own by construction.
-    const mdev = tryReadlinkTail(kernel, `${dir}/subsystem`) === 'mdev';
+    const mdev = own ? self.bus === 'mdev' : tryReadlinkTail(kernel, `${dir}/subsystem`) === 'mdev';
     return { name, driver, vfioSafe: mdev || vfioSafeDriver(driver) };
   });
   return { id, node: noiommu ? noiommuNode : plain, noiommu, members, blockers: members.filter((m) => !m.vfioSafe) };

@@ -35,7 +35,6 @@ export interface DmaMapping {
   writable: boolean;
 }
 
-
 export class DmaMappings {
   private readonly allocator = new IovaAllocator([]);
   private alignment = 4096n;

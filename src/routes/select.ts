@@ -150,7 +150,7 @@ export function checkRoutePolicy(policy: unknown): asserts policy is RoutePolicy
 export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
   checkRoutePolicy(req.policy);
   checkBindable(loc);
-  const facts = (): Facts => hostFacts(req.kernel, loc);
+  const facts = hostFacts(req.kernel, loc); // read lazily, only if a reason needs them
   if (req.passed) {
     const route = checkPassedFds(req.kernel, loc, req.passed.fds, req.context?.route ?? null);
     if (req.context && req.context.route !== route) {
@@ -167,7 +167,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
           hint: 'a VFIO cdev binds once per open: pass a newly opened fd of /dev/vfio/devices/vfioN',
         });
       }
-      if (e instanceof StepError) throw explain(e, loc, facts(), route, [e.attempt]);
+      if (e instanceof StepError) throw explain(e, loc, facts, route, [e.attempt]);
       throw e;
     }
   }
@@ -176,7 +176,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
     try {
       return attempt('legacy', loc, req, null);
     } catch (e) {
-      if (e instanceof StepError) throw explain(e, loc, facts(), policy, [e.attempt]);
+      if (e instanceof StepError) throw explain(e, loc, facts, policy, [e.attempt]);
       throw e;
     }
   }
@@ -184,17 +184,16 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
     return attempt('iommufd', loc, req, null);
   } catch (e) {
     if (!(e instanceof StepError)) throw e;
-    const f = facts();
     const rule = findFallbackRule(e);
-    if (policy === 'iommufd' || !rule) throw explain(e, loc, f, policy, [e.attempt]);
-    if (rule.action === 'fall back if the group node is usable' && !f.groupUsable) {
+    if (policy === 'iommufd' || !rule) throw explain(e, loc, facts, policy, [e.attempt]);
+    if (rule.action === 'fall back if the group node is usable' && !facts.groupUsable) {
       throw new PermissionDeniedError(
         `this user may open neither the iommufd nodes nor the group node of ${loc.name}` +
           ` (${e.path ?? e.step}: ${e.errno}; ${loc.group?.node ?? 'no group'}: not accessible)`,
         { errno: e.errno, route: 'iommufd', step: e.step, path: e.path, attempts: [e.attempt], hint: permissionHint(loc) },
       );
     }
-    const fallback: FallbackReport = { from: 'iommufd', step: e.step, errno: e.errno, ...(e.path ? { path: e.path } : {}), reason: rule.reason(f) };
+    const fallback: FallbackReport = { from: 'iommufd', step: e.step, errno: e.errno, ...(e.path ? { path: e.path } : {}), reason: rule.reason(facts) };
     req.log.info({ fallback }, 'iommufd route unavailable, trying the legacy route');
     try {
       return attempt('legacy', loc, req, fallback);
@@ -207,7 +206,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
           { errno: 'EBUSY', route: 'legacy', step: l.step, path: l.path, attempts, hint: busyHint() },
         );
       }
-      throw explain(l, loc, f, policy, attempts);
+      throw explain(l, loc, facts, policy, attempts);
     }
   }
 }
