@@ -56,7 +56,7 @@ case_iommufd-6.12-mtty() { KERNEL=iommufd-6.12 IOMMU=none
 	       && $G/check-exposed.sh /sys/bus/mdev/devices/$MTTY_UUID group=node vfio_dev_attr=yes cdev=yes iommu=yes
 	       && $G/expect-probe.sh iommufd /sys/bus/mdev/devices/$MTTY_UUID ok
 	       && $G/expect-probe.sh legacy /sys/bus/mdev/devices/$MTTY_UUID ok"; }
-# Longest first (measured: ~105 s down to ~37 s on an idle 2-core host), so that the guests running
+# Longest first (measured: ~110 s down to ~25 s on an idle 2-core host), so that the guests running
 # side by side finish together instead of one long case starting last.
 ALL=(iommufd-6.12-mtty iommufd-6.12-virtio iommufd-6.12-intel stock-6.1-intel iommufd-6.12-hidden-iommu
      stock-6.12-intel iommufd-6.12-noiommu iommufd-6.12-virtio-strict)
