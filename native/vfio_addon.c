@@ -29,10 +29,43 @@
 		}                                                                         \
 	} while (0)
 
+/* errno -> its name, for every errno Linux defines (aliases such as EWOULDBLOCK and ENOTSUP are the
+ * same numbers as EAGAIN and EOPNOTSUPP, and are named as those, as strerrorname_np does). Our own table
+ * instead of strerrorname_np(), which would raise the binary's glibc floor from 2.7 to 2.32 alone;
+ * test/addon checks it against Node's os.constants.errno. */
+#define E(name) [name] = #name
+static const char *const errno_names[] = {
+	E(EPERM), E(ENOENT), E(ESRCH), E(EINTR), E(EIO), E(ENXIO), E(E2BIG), E(ENOEXEC), E(EBADF), E(ECHILD),
+	E(EAGAIN), E(ENOMEM), E(EACCES), E(EFAULT), E(ENOTBLK), E(EBUSY), E(EEXIST), E(EXDEV), E(ENODEV),
+	E(ENOTDIR), E(EISDIR), E(EINVAL), E(ENFILE), E(EMFILE), E(ENOTTY), E(ETXTBSY), E(EFBIG), E(ENOSPC),
+	E(ESPIPE), E(EROFS), E(EMLINK), E(EPIPE), E(EDOM), E(ERANGE), E(EDEADLK), E(ENAMETOOLONG), E(ENOLCK),
+	E(ENOSYS), E(ENOTEMPTY), E(ELOOP), E(ENOMSG), E(EIDRM), E(ECHRNG), E(EL2NSYNC), E(EL3HLT), E(EL3RST),
+	E(ELNRNG), E(EUNATCH), E(ENOCSI), E(EL2HLT), E(EBADE), E(EBADR), E(EXFULL), E(ENOANO), E(EBADRQC),
+	E(EBADSLT), E(EBFONT), E(ENOSTR), E(ENODATA), E(ETIME), E(ENOSR), E(ENONET), E(ENOPKG), E(EREMOTE),
+	E(ENOLINK), E(EADV), E(ESRMNT), E(ECOMM), E(EPROTO), E(EMULTIHOP), E(EDOTDOT), E(EBADMSG),
+	E(EOVERFLOW), E(ENOTUNIQ), E(EBADFD), E(EREMCHG), E(ELIBACC), E(ELIBBAD), E(ELIBSCN), E(ELIBMAX),
+	E(ELIBEXEC), E(EILSEQ), E(ERESTART), E(ESTRPIPE), E(EUSERS), E(ENOTSOCK), E(EDESTADDRREQ),
+	E(EMSGSIZE), E(EPROTOTYPE), E(ENOPROTOOPT), E(EPROTONOSUPPORT), E(ESOCKTNOSUPPORT), E(EOPNOTSUPP),
+	E(EPFNOSUPPORT), E(EAFNOSUPPORT), E(EADDRINUSE), E(EADDRNOTAVAIL), E(ENETDOWN), E(ENETUNREACH),
+	E(ENETRESET), E(ECONNABORTED), E(ECONNRESET), E(ENOBUFS), E(EISCONN), E(ENOTCONN), E(ESHUTDOWN),
+	E(ETOOMANYREFS), E(ETIMEDOUT), E(ECONNREFUSED), E(EHOSTDOWN), E(EHOSTUNREACH), E(EALREADY),
+	E(EINPROGRESS), E(ESTALE), E(EUCLEAN), E(ENOTNAM), E(ENAVAIL), E(EISNAM), E(EREMOTEIO), E(EDQUOT),
+	E(ENOMEDIUM), E(EMEDIUMTYPE), E(ECANCELED), E(ENOKEY), E(EKEYEXPIRED), E(EKEYREVOKED),
+	E(EKEYREJECTED), E(EOWNERDEAD), E(ENOTRECOVERABLE), E(ERFKILL), E(EHWPOISON),
+};
+#undef E
+
+static const char *errno_name(int err)
+{
+	if (err > 0 && (size_t)err < sizeof(errno_names) / sizeof(errno_names[0]) && errno_names[err])
+		return errno_names[err];
+	return NULL;
+}
+
 /* Throws like Node's own fs errors: message "EPERM: Operation not permitted, ioctl". */
 static napi_value throw_errno(napi_env env, int err, const char *syscall)
 {
-	const char *name = strerrorname_np(err);
+	const char *name = errno_name(err);
 	char message[160];
 	napi_value error, code, msg, number, call;
 
@@ -97,6 +130,23 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 	return result;
 }
 
+
+/* errnoName(number) -> string | null: the name a failed call's .code would carry (for tests). */
+static napi_value js_errno_name(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1], result;
+	int32_t err;
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 1 || napi_get_value_int32(env, argv[0], &err) != napi_ok)
+		return type_error(env, "errnoName(number)");
+	const char *name = errno_name(err);
+	if (name)
+		CHECK(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &result));
+	else
+		CHECK(env, napi_get_null(env, &result));
+	return result;
+}
 
 /* ---- live objects, counted so that tests can prove nothing leaks -------------------------- */
 
@@ -395,7 +445,7 @@ static void watch_ready(uv_poll_t *poll, int status, int events)
 		if (n != (ssize_t)sizeof(count)) {
 			napi_value code, msg;
 			int err = status < 0 ? EIO : errno;
-			napi_create_string_utf8(w->env, strerrorname_np(err) ? strerrorname_np(err) : "EIO", NAPI_AUTO_LENGTH, &code);
+			napi_create_string_utf8(w->env, errno_name(err) ? errno_name(err) : "EIO", NAPI_AUTO_LENGTH, &code);
 			napi_create_string_utf8(w->env, "eventfd read failed", NAPI_AUTO_LENGTH, &msg);
 			napi_create_error(w->env, code, msg, &args[0]);
 			napi_get_undefined(w->env, &args[1]);
@@ -480,6 +530,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "watch", NULL, js_watch, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "liveCounts", NULL, js_live_counts, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "errnoName", NULL, js_errno_name, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	CHECK(env, napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
 	return exports;

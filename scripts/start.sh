@@ -4,7 +4,9 @@
 # Debian's stock kernel with QEMU's edu device bound to vfio-pci (a download, not a kernel build).
 set -eu
 cd "$(dirname "$0")/.."
-[ -f dist/cli/main.cjs ] || npm run --silent build   # npm install built it (prepare)
+# A fresh clone: npm install fetched the dependencies only (the package runs no install script), so
+# build the library, the CLI bundle and this machine's addon once.
+[ -f dist/cli/main.cjs ] && ls prebuilds/*/vfio_addon.node > /dev/null 2>&1 || npm run --silent build
 cli="node bin/vfio-bind.js"
 devices=$($cli list --json | node -e '
   let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => {

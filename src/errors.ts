@@ -14,6 +14,7 @@ export const ExitCode = {
   PERMISSION: 5,
   NO_ROUTE: 6,
   KERNEL_REFUSED: 7,
+  NOT_INSTALLED: 8,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -126,6 +127,12 @@ export class KernelError extends VfioError {
 export class UnsupportedError extends VfioError {
   readonly kind = 'unsupported';
   readonly exitCode = ExitCode.KERNEL_REFUSED;
+}
+
+/** No native addon fits this platform (or the one found does not load): an installation problem. */
+export class AddonMissingError extends VfioError {
+  readonly kind = 'addon-missing';
+  readonly exitCode = ExitCode.NOT_INSTALLED;
 }
 
 /** An operation on a closed device or context: a programming error in the caller. */

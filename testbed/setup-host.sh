@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the host packages the test bed needs, when missing: QEMU, busybox-static, kmod (depmod and
-# modprobe, for module load order) and the kernel build tools. Needs root (CI runs as root).
+# modprobe, for module load order) and the kernel build tools; and what packing and checking the npm
+# package needs: the arm64 cross compiler (the linux-arm64 prebuilt addon), qemu-user-static and the
+# arm64 C and C++ runtimes (to run an arm64 node on this x86_64 host). Needs root (CI runs as root).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 for p in qemu-system-x86 busybox-static kmod cpio bison flex libelf-dev bc libssl-dev xz-utils zstd \
-         make gcc perl util-linux; do
+         make gcc perl util-linux binutils gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstdc++6-arm64-cross \
+         qemu-user-static; do
 	have_pkg "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

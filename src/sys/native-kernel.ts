@@ -1,50 +1,9 @@
 // The real Kernel: node:fs for files, our addon for ioctl.
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { loadAddon, type Addon } from './addon.js';
 import type { FileStat, Kernel } from './kernel.js';
 
-export interface Addon {
-  ioctl(fd: number, request: number, arg?: number | ArrayBufferView): number;
-  mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer;
-  allocDma(length: number, hugePages: boolean): ArrayBuffer;
-  unmap(buffer: ArrayBuffer): void;
-  addressOf(buffer: ArrayBuffer): bigint;
-  mmioRead(buffer: ArrayBuffer, offset: number, width: number): number | bigint;
-  mmioWrite(buffer: ArrayBuffer, offset: number, width: number, value: number | bigint): void;
-  eventfd(): number;
-  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
-  unwatch(handle: object): void;
-  liveCounts(): { mappings: number; watches: number };
-}
-
-let addon: Addon | undefined;
-
-const ADDON = 'build/Release/vfio_addon.node';
-
-/** This module's file: the ES module compiled by tsc, or the CLI's CommonJS bundle (dist/cli). */
-const thisFile = (): string => (typeof __filename === 'string' ? __filename : fileURLToPath(import.meta.url));
-
-/** The package's addon, found by walking up from this module's directory. */
-function addonPath(): string {
-  let dir = path.dirname(thisFile());
-  for (;;) {
-    const candidate = path.join(dir, ADDON);
-    if (fs.existsSync(candidate)) return candidate;
-    const parent = path.dirname(dir);
-    if (parent === dir) {
-      throw new Error(`the native addon ${ADDON} was not built (run \`npm install\` in the vfio-bind package)`);
-    }
-    dir = parent;
-  }
-}
-
-/** Loads build/Release/vfio_addon.node (built by node-gyp at install) once. */
-export function loadAddon(): Addon {
-  if (!addon) addon = createRequire(thisFile())(addonPath()) as Addon;
-  return addon;
-}
+export { loadAddon, type Addon } from './addon.js';
 
 const toStat = (s: fs.Stats): FileStat => ({ mode: s.mode, rdev: s.rdev, isCharacterDevice: s.isCharacterDevice() });
 

@@ -88,3 +88,14 @@ test('NativeKernel reports missing nodes as ENOENT with the path', () => {
     kernel.close(fd);
   }
 });
+
+test('errno names: the addon\'s own table (no strerrorname_np) agrees with Node\'s os.constants.errno', () => {
+  // aliases of one number, which the kernel and strerrorname_np name by the first
+  const ALIASES: Record<string, string> = { EWOULDBLOCK: 'EAGAIN', ENOTSUP: 'EOPNOTSUPP', EDEADLOCK: 'EDEADLK' };
+  const known = Object.entries(os.constants.errno);
+  assert.ok(known.length > 70, 'Node knows the usual errnos');
+  for (const [name, number] of known) assert.equal(addon.errnoName(number), ALIASES[name] ?? name, `errno ${number}`);
+  // every number Linux defines has a name (41 and 58 are unused), nothing else does
+  for (let n = 1; n <= 133; n++) if (n !== 41 && n !== 58) assert.match(addon.errnoName(n) ?? '', /^E[A-Z0-9]+$/, `errno ${n}`);
+  for (const n of [0, 41, 58, 134, 524, -1]) assert.equal(addon.errnoName(n), null, `errno ${n}`);
+});
