@@ -1,9 +1,7 @@
-// Bundles the CLI into dist/cli/main.cjs, and a V8 code cache for it (dist/cli/main.cache), which
-// bin/vfio-bind.js uses to skip compiling it. Start-up is what a CLI is measured by: loading yargs
-// from node_modules file by file costs more than the rest of a command (in a TCG guest, seconds), and
-// compiling the bundle was most of what remained. (Node 22's module.enableCompileCache() does the
-// same natively; Node 20 has only vm.Script's cachedData.)
-import { execFileSync } from 'node:child_process';
+// Bundles the CLI into dist/cli/main.cjs. Start-up is what a CLI is measured by: loading yargs from
+// node_modules file by file costs more than the rest of a command (in a TCG guest, seconds). No code
+// cache is shipped with it: V8 accepted one made by another build of the same Node and crashed, so
+// bin/vfio-bind.js writes its own per node binary, on first use, in the user's cache directory.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as esbuild from 'esbuild-wasm';
@@ -42,12 +40,3 @@ await esbuild.build({
   banner: { js: "var __bundleUrl = require('node:url').pathToFileURL(__filename).href;" },
   plugins: [lazyModules],
 });
-
-// The cache holds what a run compiled, so it is written after one: --help touches the parser, the
-// command table and the help layout.
-fs.rmSync('dist/cli/main.cache', { force: true });
-execFileSync(process.execPath, ['bin/vfio-bind.js', '--help'], {
-  stdio: 'ignore',
-  env: { ...process.env, VFIO_BIND_WRITE_CODE_CACHE: 'dist/cli/main.cache' },
-});
-if (!fs.existsSync('dist/cli/main.cache')) throw new Error('the code cache was not written');

@@ -8,6 +8,7 @@ import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';
 import { hexId } from '../device/config.js';
+import { packageVersion } from '../package.js';
 import { formatDoctor, formatError, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
 
 const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
@@ -233,11 +234,13 @@ export async function main(args: string[]): Promise<void> {
     .command('smoke <devices..>', 'bind, read ids, list regions and IRQs, map one DMA page, close: one line per device (for CI)',
       (y) => routeOption(y).positional('devices', { type: 'string', array: true, demandOption: true }),
       (a) => run(a as unknown as Common, () => smokeCommand(a as never)))
-    .demandCommand(1, 'name a command: list, bind, info, driver, doctor or smoke')
+    .completion('completion', 'print a bash/zsh completion script (vfio-bind completion >> ~/.bashrc)')
+    .demandCommand(1, 'name a command: list, bind, info, driver, doctor, smoke or completion')
     .strict()
-    .version()
+    .version(packageVersion())
     .help()
-    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused')
+    .alias('help', 'h')
+    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform')
     .exitProcess(false)
     .fail((msg, err) => {
       // Thrown, so that yargs stops here: a command whose options were refused must not run.

@@ -1,11 +1,12 @@
 // The real CLI (bin/vfio-bind.js running the dist/cli bundle that `npm run build` makes) on this host,
 // which has no VFIO: bad specs and bad options end with the README's exit code, one message with a hint
 // on stderr and never a stack trace; --json prints exactly one JSON document; list says why there is no
-// VFIO device; --version prints the package's version.
+// VFIO device; --version prints the package's version; -h and completion.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 const ROOT = path.resolve(import.meta.dirname, '../../..');
@@ -23,9 +24,9 @@ interface Run {
 }
 
 /** Runs the CLI (several at once: each run is a process start, most of a test's time). */
-function cli(args: string[]): Promise<Run> {
+function cli(args: string[], options: { cwd?: string } = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' }, timeout: 30_000 });
+    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' }, timeout: 30_000, ...options });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -51,7 +52,7 @@ function readmeExitCodes(): Map<number, string> {
 const KIND_MEANING: Record<string, RegExp> = {
   usage: /usage/, 'bad-fd': /usage/, 'not-found': /not found/, 'not-vfio': /not bound to a VFIO driver/, 'group-not-viable': /not viable/,
   busy: /busy/, permission: /permission denied/, 'no-route': /no usable route/, 'kernel-refused': /kernel refused/, unsupported: /kernel refused/,
-  closed: /internal/, internal: /internal/,
+  closed: /internal/, internal: /internal/, 'addon-missing': /native addon/,
 };
 
 interface Case {
@@ -85,7 +86,7 @@ const CASES: Case[] = [
   { args: ['info', '/dev/vfio/devices/vfio9'], exit: 3, message: /no device \/dev\/vfio\/devices\/vfio9/, hint: /hint: list the VFIO devices with `vfio-bind list`/ },
   { args: ['bind', '83b8f4f2-509f-382f-3c1e-e6bfe0fa1099'], exit: 3, message: /no device 83b8f4f2/, hint: /hint: / },
   // bad command lines
-  { args: [], exit: 2, message: /name a command: list, bind, info, driver, doctor or smoke/, hint: HELP },
+  { args: [], exit: 2, message: /name a command: list, bind, info, driver, doctor, smoke or completion/, hint: HELP },
   { args: ['frobnicate'], exit: 2, message: /Unknown argument: frobnicate/, hint: HELP },
   { args: ['driver', NOT_THERE], exit: 2, message: /say where the device goes: --to vfio-pci, or --restore/, hint: /hint: vfio-bind driver <device> --to vfio-pci/ },
   { args: ['driver', NOT_THERE, '--to', 'vfio-pci', '--restore'], exit: 2, message: /--to and --restore exclude each other/, hint: /hint: vfio-bind driver <device> --to vfio-pci/ },
@@ -115,8 +116,8 @@ const CASES: Case[] = [
 describe('CLI: errors on this host', { skip, concurrency: 8 }, () => {
   const codes = built ? readmeExitCodes() : new Map<number, string>();
 
-  test('the README documents exit codes 0 to 7', () => {
-    assert.deepEqual([...codes.keys()], [0, 1, 2, 3, 4, 5, 6, 7]);
+  test('the README documents exit codes 0 to 8', () => {
+    assert.deepEqual([...codes.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8]);
   });
 
   for (const c of CASES) {
@@ -199,18 +200,64 @@ describe('CLI: list, --version, --help', { skip, concurrency: true }, () => {
     }
   });
 
-  test('--version prints the package version', async () => {
+  test('--version prints the package version, whatever project it is run from', async () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
     const r = await cli(['--version']);
     assert.equal(r.status, 0);
     assert.equal(r.stdout.trim(), pkg.version);
     assert.equal(r.stderr, '');
+    // a consumer's project with its own package.json as the cwd (yargs' default reads that one)
+    const project = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-consumer-'));
+    try {
+      fs.writeFileSync(path.join(project, 'package.json'), '{ "name": "consumer", "version": "9.9.9" }\n');
+      const there = await cli(['--version'], { cwd: project });
+      assert.equal(there.stdout.trim(), pkg.version);
+    } finally {
+      fs.rmSync(project, { recursive: true, force: true });
+    }
+  });
+
+  test('a package with no addon for this platform: exit 8, the platform and the build command, no stack trace', async () => {
+    const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-noaddon-'));
+    try {
+      for (const p of ['package.json', 'bin', 'dist/cli/main.cjs']) fs.cpSync(path.join(ROOT, p), path.join(copy, p), { recursive: true });
+      const bin = path.join(copy, 'bin/vfio-bind.js');
+      const r = spawnSync(process.execPath, [bin, 'list'], { encoding: 'utf8' });
+      assert.equal(r.status, 8, r.stderr);
+      assert.doesNotMatch(r.stderr, STACK);
+      assert.match(r.stderr, new RegExp(`^vfio-bind: vfio-bind has no native addon for linux-${process.arch}-glibc`));
+      assert.match(r.stderr, /hint: build one from source .*npm explore vfio-bind -- npm run build:addon/);
+      const j = spawnSync(process.execPath, [bin, 'list', '--json'], { encoding: 'utf8' });
+      const doc = JSON.parse(j.stdout) as { error: string; exit_code: number };
+      assert.deepEqual([j.status, doc.error, doc.exit_code], [8, 'addon-missing', 8]);
+    } finally {
+      fs.rmSync(copy, { recursive: true, force: true });
+    }
+  });
+
+  test('-h is --help', async () => {
+    const [h, help] = await Promise.all([cli(['-h']), cli(['--help'])]);
+    assert.equal(h.status, 0);
+    assert.equal(h.stdout, help.stdout);
+    assert.match(h.stdout, /bind <device>/);
+  });
+
+  test('completion prints a shell script, and the script\'s query lists commands and options', async () => {
+    const script = await cli(['completion']);
+    assert.equal(script.status, 0);
+    assert.match(script.stdout, /complete -o bashdefault -o default -F _vfio-bind_yargs_completions vfio-bind/);
+    assert.match(script.stdout, /vfio-bind --get-yargs-completions/);
+    const commands = await cli(['--get-yargs-completions', 'vfio-bind', '']);
+    assert.deepEqual(commands.stdout.trim().split('\n').slice(0, 7), ['list', 'bind', 'info', 'driver', 'doctor', 'smoke', 'completion']);
+    const options = await cli(['--get-yargs-completions', 'vfio-bind', 'bind', '--']);
+    assert.match(options.stdout, /^--route$/m);
+    assert.match(options.stdout, /^--hold$/m);
   });
 
   test('--help lists the commands and the exit codes', async () => {
     const r = await cli(['--help']);
     assert.equal(r.status, 0);
-    for (const cmd of ['list', 'bind <device>', 'info <device>', 'driver <device>', 'doctor [device]', 'smoke <devices..>']) assert.ok(r.stdout.includes(cmd), cmd);
-    assert.match(r.stdout.replace(/\s+/g, ' '), /Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO's, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused/);
+    for (const cmd of ['list', 'bind <device>', 'info <device>', 'driver <device>', 'doctor [device]', 'smoke <devices..>', 'completion']) assert.ok(r.stdout.includes(cmd), cmd);
+    assert.match(r.stdout.replace(/\s+/g, ' '), /Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO's, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform/);
   });
 });
