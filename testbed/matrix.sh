@@ -6,7 +6,8 @@
 #   matrix.sh --list           the cases
 # Environment: VM_JOBS=N guests at a time (default 2); VM_CASE_TIMEOUT=S kills a case's guest after S
 # seconds (default 900; the tests' own limit is 600 s); VM_VERBOSE=1 streams each case's guest output
-# too (it is always kept in the run dir).
+# too (it is always kept in the run dir); VFIO_BIND_CONSUMER=DIR, a project with the packed package
+# installed (test/package/check.sh makes one), which the guests bind edu through.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 G=$TESTBED_DIR/guest
@@ -90,7 +91,7 @@ if [ ${#cmd[@]} -gt 0 ]; then
 	[ ${#cases[@]} = 1 ] || die "a command runs in exactly one case"
 	load_case "${cases[0]}"
 	exec "$TESTBED_DIR/run-vm.sh" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-		--env "VFIO_PROBE=$PROBE" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
+		--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
 fi
 
 # Two guests at a time by default: each QEMU (single-threaded TCG) keeps one core busy.
@@ -103,10 +104,10 @@ run_case() { # case -> writes $logs/<case>.{out,rc,time}
 	s=$(date +%s.%N)
 	if [ "${VM_VERBOSE:-0}" = 1 ]; then
 		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
+			--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
 	else
 		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
+			--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
 	fi
 	printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)" > "$logs/$c.time"
 	echo "$rc" > "$logs/$c.rc"

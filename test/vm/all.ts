@@ -7,6 +7,7 @@ import './host.test.js';
 import './race.test.js';
 import './leaks.test.js';
 import './permissions.test.js';
+import './consumer.test.js';
 
 // What `node --test --test-timeout` would do: a case whose tests hang fails with a message, well
 // before the guest's own timeout (VM_CASE_TIMEOUT) kills it.

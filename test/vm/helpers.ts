@@ -71,9 +71,39 @@ export function holdDevice(device: string, route: string): Promise<Holder> {
 export const UNPRIVILEGED = ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--inh-caps=-all'];
 export const NOBODY = 65534;
 
+let staged: string | undefined;
+
+/**
+ * A copy, readable by everyone, of what unprivileged processes run: bin/, package.json, the built
+ * CLI, library and VM tests, the addon, and the production node_modules (from the lockfile). The
+ * checkout itself may sit in a directory nobody cannot enter (mktemp -d, or /root), and tests that
+ * drop privileges must not need it readable. In a guest the copy lands in the discarded overlay.
+ */
+export function unprivilegedRoot(): string {
+  if (staged) return staged;
+  const dest = fs.mkdtempSync('/tmp/vfio-bind-unprivileged-');
+  fs.chmodSync(dest, 0o755);
+  const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean }> };
+  const production = Object.entries(lock.packages).filter(([p, meta]) => p.startsWith('node_modules/') && !meta.dev).map(([p]) => p);
+  for (const p of ['package.json', 'bin', 'dist/cli', 'dist/src', 'dist/test/vm', 'prebuilds', 'build/Release', ...production]) {
+    if (fs.existsSync(path.join(ROOT, p))) fs.cpSync(path.join(ROOT, p), path.join(dest, p), { recursive: true });
+  }
+  // every directory enterable and every file readable by others, whatever the checkout's modes
+  const open = (dir: string): void => {
+    fs.chmodSync(dir, 0o755);
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) open(p);
+      else if (e.isFile()) fs.chmodSync(p, fs.statSync(p).mode | 0o444);
+    }
+  };
+  open(dest);
+  return (staged = dest);
+}
+
 /** Runs the CLI as nobody, with no capabilities; `fds` arrive as fds 3, 4, ... in the CLI. */
 export function runCliUnprivileged(args: string[], fds: number[] = []): CliResult {
-  const r = spawnSync('setpriv', [...UNPRIVILEGED, process.execPath, CLI, ...args], {
+  const r = spawnSync('setpriv', [...UNPRIVILEGED, process.execPath, path.join(unprivilegedRoot(), 'bin/vfio-bind.js'), ...args], {
     encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', ...fds], timeout: 120_000,
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -141,7 +171,8 @@ export class WorkerProcess {
 
   /** Starts dist/test/vm/<script> (as nobody, with no capabilities, if `unprivileged`) and waits for its "ready". */
   static async start(script: string, options: { name?: string; unprivileged?: boolean } = {}): Promise<WorkerProcess> {
-    const argv = [process.execPath, path.join(import.meta.dirname, script)];
+    const dir = options.unprivileged ? path.join(unprivilegedRoot(), 'dist/test/vm') : import.meta.dirname;
+    const argv = [process.execPath, path.join(dir, script)];
     const [cmd, ...args] = options.unprivileged ? ['setpriv', ...UNPRIVILEGED, ...argv] : argv;
     // what fork() does, through setpriv when asked: node finds the IPC channel from its environment
     const child = spawn(cmd!, args, { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { CASE, EDU, holdDevice, json, ROOT, runCli } from './helpers.js';
+import { CASE, EDU, holdDevice, json, ROOT, runCli, unprivilegedRoot } from './helpers.js';
 import type { DoctorReport, SmokeResult } from '../../src/index.js';
 
 const pciDevices = (): string[] => fs.readdirSync('/sys/bus/pci/devices');
@@ -109,7 +109,7 @@ test('doctor: which route bind would take, or why none, with exit codes', () => 
 test('doctor run unprivileged names the nodes it cannot open', { skip: CASE !== 'iommufd-6.12-intel' && 'iommufd-6.12-intel only' }, async () => {
   const { spawnSync } = await import('node:child_process');
   const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--inh-caps=-all',
-    process.execPath, `${ROOT}/bin/vfio-bind.js`, 'doctor', EDU, '--json'], { encoding: 'utf8' });
+    process.execPath, `${unprivilegedRoot()}/bin/vfio-bind.js`, 'doctor', EDU, '--json'], { encoding: 'utf8' });
   const report = json<DoctorReport>({ code: r.status, stdout: r.stdout, stderr: r.stderr });
   const perms = check(report, 'permissions');
   assert.equal(perms.status, 'warn');

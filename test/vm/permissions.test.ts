@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { locate } from '../../src/index.js';
-import { CASE, chmodNode, chownNodes, EDU, json, NOBODY, runCliUnprivileged, STACK_TRACE, UNPRIVILEGED } from './helpers.js';
+import { CASE, chmodNode, chownNodes, EDU, json, NOBODY, runCliUnprivileged, STACK_TRACE, UNPRIVILEGED, unprivilegedRoot } from './helpers.js';
 
 const CONTAINER = '/dev/vfio/vfio';
 const IOMMU = '/dev/iommu';
@@ -122,7 +122,7 @@ function withOpen<T>(paths: string[], fn: (fds: number[]) => T): T {
 
 /** The library in an unprivileged child given the fds as 3 and 4 (dist/test/vm/fds-child.js). */
 function libraryChild(mode: 'iommufd' | 'legacy', fds: number[], tryNodes: string[]) {
-  const r = spawnSync('setpriv', [...UNPRIVILEGED, process.execPath, path.join(import.meta.dirname, 'fds-child.js'), mode, EDU, ...tryNodes],
+  const r = spawnSync('setpriv', [...UNPRIVILEGED, process.execPath, path.join(unprivilegedRoot(), 'dist/test/vm/fds-child.js'), mode, EDU, ...tryNodes],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe', ...fds], timeout: 120_000 });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   return json<{
