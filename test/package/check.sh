@@ -175,5 +175,15 @@ t=$(date +%s.%N)
 (cd "$work/newuser" && XDG_CACHE_HOME=$work/newuser/.cache PATH=$nocc npx --no vfio-bind list > /dev/null) || bad "the first vfio-bind list failed"
 ok "npm install ${install_s}s (npm's cache warm), first \`npx vfio-bind list\` $(elapsed "$t")s (no code cache yet)"
 
+step "elsewhere: the documented build from source (with a compiler), which the loader then prefers"
+cp "$FIXTURES/esm.mjs" "$work/newuser/"
+if (cd "$work/newuser" && npm explore vfio-bind -- npm run --silent build:addon > "$work/explore.log" 2>&1); then
+	out=$(cd "$work/newuser" && node esm.mjs 2>&1) || true
+	json_ok "npm explore vfio-bind -- npm run build:addon builds build/Release, and the library loads it" "$out" \
+		"j.bufferBytes === 4096 && j.addon === '$work/newuser/node_modules/vfio-bind/build/Release/vfio_addon.node'"
+else
+	bad "the build from source failed:"; sed 's/^/      | /' "$work/explore.log"
+fi
+
 if [ "$failures" -gt 0 ]; then echo "package check: $failures failed"; exit 1; fi
 echo "package check: all passed"
