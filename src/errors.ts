@@ -1,8 +1,9 @@
 // Typed errors. Every failure a user can meet is a VfioError: what went wrong (its class and `kind`),
 // the errno the kernel answered, the route and step, the path or ioctl, and a hint saying what to do.
 // The CLI maps `exitCode` to its exit status and never prints a stack trace.
+import type { RouteName } from './routes/names.js';
+import type { Step } from './sys/steps.js';
 
-export type RouteName = 'iommufd' | 'legacy';
 
 /** CLI exit statuses (documented in the README). */
 export const ExitCode = {
@@ -148,7 +149,7 @@ export class ClosedError extends VfioError {
 export class StepError extends Error {
   constructor(
     readonly route: RouteName,
-    readonly step: string,
+    readonly step: Step,
     readonly errno: string | null,
     message: string,
     readonly path?: string,
@@ -169,4 +170,14 @@ export class StepError extends Error {
   get attempt(): Attempt {
     return { route: this.route, step: this.step, errno: this.errno, ...(this.path ? { path: this.path } : {}), message: this.message };
   }
+
+  /** What a public error made from this answer carries: errno, route, step, path, the attempts (this one by default) and the cause. */
+  details(attempts: Attempt[] = [this.attempt]): VfioErrorDetails {
+    return { errno: this.errno, route: this.route, step: this.step, ...(this.path ? { path: this.path } : {}), attempts, cause: this };
+  }
+}
+
+/** The kernel refused a step on something we hold: the public KernelError naming the step and its errno. */
+export function kernelRefused(e: StepError, subject: string): KernelError {
+  return new KernelError(`the kernel refused ${e.step} on ${subject}: ${e.errno ?? e.message}`, e.details());
 }

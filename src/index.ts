@@ -3,12 +3,12 @@ import { locateDevice, type DeviceLocation } from './discovery/locate.js';
 import { bindAndWrap, type OpenDeviceOptions, type VfioDevice } from './device/device.js';
 import { NativeKernel } from './sys/native-kernel.js';
 import type { Kernel } from './sys/kernel.js';
-import { IommufdContext } from './routes/iommufd.js';
-import { ContainerContext } from './routes/legacy.js';
+import { ROUTES } from './routes/index.js';
+import { ROUTE_NAMES, type RouteName } from './routes/names.js';
 import type { IommuContext } from './routes/route.js';
 import { checkRoutePolicy } from './routes/select.js';
 import { silentLogger, type Logger } from './log.js';
-import type { RouteName } from './errors.js';
+import { UsageError } from './errors.js';
 import { allocDmaBuffer as allocBuffer, type DmaBuffer, type DmaBufferOptions } from './dma/buffer.js';
 
 let defaultKernel: Kernel | undefined;
@@ -33,9 +33,8 @@ export function openDevice(spec: string, options: OpenDeviceOptions = {}): VfioD
  * Devices bound into it close when it closes.
  */
 export function createContext(route: RouteName, options: { logger?: Logger; kernel?: Kernel } = {}): IommuContext {
-  const kernel = options.kernel ?? nativeKernel();
-  const log = options.logger ?? silentLogger;
-  return route === 'iommufd' ? IommufdContext.open(kernel, log) : ContainerContext.open(kernel, log);
+  if (!ROUTE_NAMES.includes(route)) throw new UsageError(`unknown route "${String(route)}"`, { hint: `a context's route is one of ${ROUTE_NAMES.join(', ')}` });
+  return ROUTES[route].open(options.kernel ?? nativeKernel(), options.logger ?? silentLogger);
 }
 
 /**
@@ -60,6 +59,10 @@ export type { PassedFds } from './routes/passed-fds.js';
 export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from './discovery/locate.js';
 export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
 export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice } from './device/device.js';
+export { PciFunction } from './device/pci.js';
+export type { RouteName } from './routes/names.js';
+export { ROUTES, visibleRoutes } from './routes/index.js';
+export type { RouteDescriptor } from './routes/route.js';
 export type { RegionInfo } from './device/regions.js';
 export { RegionMapping } from './device/mmio.js';
 export { IrqSet, IrqVector, type IrqInfo } from './device/irqs.js';

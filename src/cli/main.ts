@@ -3,7 +3,8 @@
 import yargs, { type Argv } from 'yargs';
 import { ExitCode, UsageError, VfioError } from '../errors.js';
 import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
-import { listDevices, visibleRoutes, whyNoVfio } from '../discovery/locate.js';
+import { listDevices, whyNoVfio } from '../discovery/locate.js';
+import { visibleRoutes } from '../routes/index.js';
 import { nativeKernel, openDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';

@@ -1,27 +1,24 @@
 // A bound VFIO device: what a VMM holds after bind. It owns its device fd (and, when it was opened
 // without a shared context, its IOMMU context) and closes them, in reverse order, exactly once.
 import type { DeviceLocation } from '../discovery/locate.js';
-import { ClosedError, KernelError, StepError, UnsupportedError, UsageError, type RouteName } from '../errors.js';
+import { ClosedError, KernelError, kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { deviceGetInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
 import { silentLogger, type Logger } from '../log.js';
-import { bindDevice, type FallbackReport, type RoutePolicy } from '../routes/select.js';
+import type { RouteName } from '../routes/names.js';
+import { bindDevice, type BoundRoute, type FallbackReport, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';
-import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from '../routes/route.js';
+import type { BeforeBindHook, IommuContext } from '../routes/route.js';
 import { closeQuietly, StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
-import { decode, encode } from '../uapi/struct.js';
-import {
-  VFIO,
-  VFIO_DEVICE_FLAGS,
-  VFIO_PCI_HOT_RESET_FLAG,
-  VFIO_PCI_REGION,
-  vfio_device_info,
-  vfio_pci_dependent_device,
-  vfio_pci_hot_reset_info,
-} from '../uapi/vfio.js';
-import { hexId, PCI_CONFIG, readCapabilities, readPciIds, type PciCapability, type PciIds } from './config.js';
-import { absentIrq, IrqSet, IrqVector, readIrqInfo, setIrqEventfds, setIrqNone, type IrqInfo } from './irqs.js';
+import { VFIO_DEVICE_FLAGS } from '../uapi/vfio.js';
+import type { PciCapability, PciIds } from './config.js';
+import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.js';
 import { RegionMapping } from './mmio.js';
+import { PciFunction } from './pci.js';
 import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
+import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
+
+export type { HotResetDevice } from './reset.js';
 
 export interface DeviceInfo {
   /** VFIO_DEVICE_FLAGS_* names without the prefix: PCI, RESET, CAPS, ... */
@@ -63,15 +60,6 @@ export interface OpenDeviceOptions {
   ownFds?: boolean;
 }
 
-/** A device a PCI hot reset would also reset. */
-export interface HotResetDevice {
-  /** PCI address */
-  address: string;
-  /** its IOMMU group (legacy route), or its devid in our iommufd context (cdev route; -1 if not ours) */
-  groupId: number | null;
-  devid: number | null;
-}
-
 export function decodeDeviceFlags(flags: number): string[] {
   return Object.entries(VFIO_DEVICE_FLAGS).filter(([, bit]) => (flags & bit) !== 0).map(([name]) => name);
 }
@@ -85,31 +73,30 @@ export class VfioDevice implements Disposable {
   private readonly regionMappings = new Set<RegionMapping>();
   private readonly irqSets = new Map<number, IrqSet>();
   private isClosed = false;
+  private pciFacet: PciFunction | null = null;
 
   /** @internal use openDevice() */
   constructor(
     readonly location: DeviceLocation,
     private readonly kernel: Kernel,
     private readonly log: Logger,
-    private readonly binding: Binding,
-    private readonly ownsContext: boolean,
-    context: IommuContext,
-    fallback: FallbackReport | null,
+    /** what the bind holds (binding, claims, a context made for this device), released by close() */
+    private readonly bound: BoundRoute,
     /** runs last in close(): closes passed fds the device was given to own */
     private readonly afterClose?: () => void,
   ) {
-    this.context = context;
-    this.route = context.route;
+    this.context = bound.hold.context;
+    this.route = bound.route;
     this.cachedInfo = this.readInfo();
     this.report = {
       device: location.name,
       route: this.route,
-      nodes: binding.nodes,
-      ids: binding.ids,
-      fallback,
+      nodes: bound.binding.nodes,
+      ids: bound.binding.ids,
+      fallback: bound.fallback,
       device_info: { flags: this.cachedInfo.flags, regions: this.cachedInfo.regions, irqs: this.cachedInfo.irqs },
     };
-    context.track(this);
+    this.context.track(this);
   }
 
   get name(): string {
@@ -123,13 +110,13 @@ export class VfioDevice implements Disposable {
   /** The device fd, for ioctls this library does not wrap. Owned by this object: do not close it. */
   get fd(): number {
     this.assertOpen();
-    return this.binding.deviceFd;
+    return this.bound.binding.deviceFd;
   }
 
   /** The group fd on the legacy route (what KVM_DEV_VFIO_FILE_ADD takes there), else null. Owned by the context. */
   get groupFd(): number | null {
     this.assertOpen();
-    return this.binding.groupFd ?? null;
+    return this.bound.binding.groupFd ?? null;
   }
 
   info(): DeviceInfo {
@@ -143,7 +130,7 @@ export class VfioDevice implements Disposable {
     if (!this.regionCache) {
       const pci = this.cachedInfo.flags.includes('PCI');
       this.regionCache = this.readEach(this.cachedInfo.regions,
-        (calls, i) => readRegionInfo(calls, this.binding.deviceFd, i, pci), (i) => absentRegion(i, pci));
+        (calls, i) => readRegionInfo(calls, this.bound.binding.deviceFd, i, pci), (i) => absentRegion(i, pci));
     }
     return this.regionCache.map((r) => ({ ...r }));
   }
@@ -161,7 +148,7 @@ export class VfioDevice implements Disposable {
     const region = this.checkedRange(which, offset, length, 'read');
     const buf = Buffer.alloc(length);
     const n = this.kernelStep(() => this.calls().run(`read ${region.name}`, undefined, () =>
-      this.kernel.pread(this.binding.deviceFd, buf, region.offset + BigInt(offset))));
+      this.kernel.pread(this.bound.binding.deviceFd, buf, region.offset + BigInt(offset))));
     if (n !== length) throw new KernelError(`short read of ${region.name} at ${offset}: ${n} of ${length} bytes`, { route: this.route, step: `read ${region.name}` });
     return buf;
   }
@@ -170,41 +157,42 @@ export class VfioDevice implements Disposable {
   writeRegion(which: number | string, offset: number | bigint, data: Buffer): void {
     const region = this.checkedRange(which, offset, data.length, 'write');
     const n = this.kernelStep(() => this.calls().run(`write ${region.name}`, undefined, () =>
-      this.kernel.pwrite(this.binding.deviceFd, data, region.offset + BigInt(offset))));
+      this.kernel.pwrite(this.bound.binding.deviceFd, data, region.offset + BigInt(offset))));
     if (n !== data.length) throw new KernelError(`short write of ${region.name} at ${offset}: ${n} of ${data.length} bytes`, { route: this.route, step: `write ${region.name}` });
   }
 
-  /** PCI config space, little-endian, by access width in bytes. */
+  /** The PCI facet: config space, ids, capabilities, the command register (src/device/pci.ts). */
+  get pci(): PciFunction {
+    this.assertOpen();
+    return (this.pciFacet ??= new PciFunction(this));
+  }
+
+  /** PCI config space, little-endian, by access width in bytes (as pci.readConfig). */
   readConfig(offset: number, width: 1 | 2 | 4): number {
-    const buf = this.readRegion(VFIO_PCI_REGION.CONFIG, offset, width);
-    return width === 1 ? buf.readUInt8(0) : width === 2 ? buf.readUInt16LE(0) : buf.readUInt32LE(0);
+    return this.pci.readConfig(offset, width);
   }
 
   writeConfig(offset: number, width: 1 | 2 | 4, value: number): void {
-    const buf = Buffer.alloc(width);
-    if (width === 1) buf.writeUInt8(value);
-    else if (width === 2) buf.writeUInt16LE(value);
-    else buf.writeUInt32LE(value >>> 0);
-    this.writeRegion(VFIO_PCI_REGION.CONFIG, offset, buf);
+    this.pci.writeConfig(offset, width, value);
   }
 
   /** Vendor, device, revision, class and subsystem ids from config space. */
   pciIds(): PciIds {
-    return readPciIds((offset, width) => this.readConfig(offset, width));
+    return this.pci.ids();
   }
 
   /** The standard PCI capability list. */
   pciCapabilities(): PciCapability[] {
-    return readCapabilities((offset, width) => this.readConfig(offset, width));
+    return this.pci.capabilities();
   }
 
   /** The command register; setCommand() sets bits (MEMORY, MASTER for DMA, ...) and clears others as given. */
   command(): number {
-    return this.readConfig(PCI_CONFIG.COMMAND, 2);
+    return this.pci.command();
   }
 
   setCommand(set: number, clear = 0): void {
-    this.writeConfig(PCI_CONFIG.COMMAND, 2, (this.command() | set) & ~clear & 0xffff);
+    this.pci.setCommand(set, clear);
   }
 
   /**
@@ -228,7 +216,7 @@ export class VfioDevice implements Disposable {
     }
     const writable = options.writable ?? region.writable;
     const memory = this.kernelStep(() => this.calls().run(`mmap ${region.name}`, undefined, () =>
-      this.kernel.mmap(this.binding.deviceFd, region.offset + offset, Number(size), writable)));
+      this.kernel.mmap(this.bound.binding.deviceFd, region.offset + offset, Number(size), writable)));
     const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m));
     this.regionMappings.add(mapping);
     return mapping;
@@ -238,7 +226,7 @@ export class VfioDevice implements Disposable {
   irqs(): IrqInfo[] {
     this.assertOpen();
     const pci = this.cachedInfo.flags.includes('PCI');
-    return this.readEach(this.cachedInfo.irqs, (calls, i) => readIrqInfo(calls, this.binding.deviceFd, i, pci), (i) => absentIrq(i, pci));
+    return this.readEach(this.cachedInfo.irqs, (calls, i) => readIrqInfo(calls, this.bound.binding.deviceFd, i, pci), (i) => absentIrq(i, pci));
   }
 
   irq(which: number | string): IrqInfo {
@@ -269,15 +257,15 @@ export class VfioDevice implements Disposable {
       const isIntx = info.name === 'INTX';
       for (let v = 0; v < count; v++) {
         const efd = this.kernelStep(() => this.calls().run('eventfd', undefined, () => this.kernel.eventfd()));
-        vectors.push(new IrqVector(this.kernel, v, efd, isIntx ? () => this.kernelStep(() => setIrqNone(this.calls(), this.binding.deviceFd, info.index, 'unmask', 0, 1)) : null));
+        vectors.push(new IrqVector(this.kernel, v, efd, isIntx ? () => this.kernelStep(() => setIrqNone(this.calls(), this.bound.binding.deviceFd, info.index, 'unmask', 0, 1)) : null));
       }
-      this.kernelStep(() => setIrqEventfds(this.calls(), this.binding.deviceFd, info.index, 0, vectors.map((v) => v.eventfd)));
+      this.kernelStep(() => setIrqEventfds(this.calls(), this.bound.binding.deviceFd, info.index, 0, vectors.map((v) => v.eventfd)));
     } catch (e) {
       for (const v of vectors) v.close();
       throw e;
     }
     const set = new IrqSet(info, vectors,
-      () => this.kernelStep(() => setIrqNone(this.calls(), this.binding.deviceFd, info.index, 'disable')),
+      () => this.kernelStep(() => setIrqNone(this.calls(), this.bound.binding.deviceFd, info.index, 'disable')),
       (s) => this.irqSets.delete(s.info.index));
     this.irqSets.set(info.index, set);
     return set;
@@ -286,40 +274,13 @@ export class VfioDevice implements Disposable {
   /** VFIO_DEVICE_RESET: a function-level, power-management or bus reset, whichever the kernel can do. */
   reset(): void {
     this.assertOpen();
-    if (!this.cachedInfo.flags.includes('RESET')) {
-      throw new UnsupportedError(`${this.name} cannot be reset: it has no FLR or PM reset, and is not alone on a bus the kernel could reset`, {
-        hint: 'a device alone behind a PCIe port (root port or switch port) gets a bus reset',
-      });
-    }
-    this.kernelStep(() => this.calls().ioctl('VFIO_DEVICE_RESET', this.binding.deviceFd, VFIO.DEVICE_RESET));
+    this.kernelStep(() => resetDevice(this.calls(), this.bound.binding.deviceFd, this.name, this.cachedInfo.flags.includes('RESET')));
   }
 
   /** Which devices a PCI hot (bus) reset of this device would reset too (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */
   hotResetInfo(): HotResetDevice[] {
     this.assertOpen();
-    return this.kernelStep(() => {
-      const calls = this.calls();
-      let buf = encode(vfio_pci_hot_reset_info, { argsz: vfio_pci_hot_reset_info.size });
-      try {
-        calls.ioctl('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', this.binding.deviceFd, VFIO.DEVICE_GET_PCI_HOT_RESET_INFO, buf);
-      } catch (e) {
-        // ENOSPC: the kernel filled in count; ask again with room for the devices
-        if (!(e instanceof StepError) || e.errno !== 'ENOSPC') throw e;
-      }
-      const count = decode(vfio_pci_hot_reset_info, buf).count;
-      const size = vfio_pci_hot_reset_info.size + count * vfio_pci_dependent_device.size;
-      buf = encode(vfio_pci_hot_reset_info, { argsz: size }, size);
-      calls.ioctl('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', this.binding.deviceFd, VFIO.DEVICE_GET_PCI_HOT_RESET_INFO, buf);
-      const info = decode(vfio_pci_hot_reset_info, buf);
-      const byDevid = (info.flags & VFIO_PCI_HOT_RESET_FLAG.DEV_ID) !== 0;
-      return Array.from({ length: info.count }, (_, i) => {
-        const d = decode(vfio_pci_dependent_device, buf, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
-        const address = `${hexId(d.segment, 4)}:${hexId(d.bus, 2)}:${hexId(d.devfn >> 3, 2)}.${d.devfn & 7}`;
-        // VFIO_PCI_DEVID_NOT_OWNED is -1 in a u32: a device bound to another context
-        const devid = d.group_id === 0xffff_ffff ? -1 : d.group_id;
-        return { address, groupId: byDevid ? null : d.group_id, devid: byDevid ? devid : null };
-      });
-    });
+    return this.kernelStep(() => hotResetInfo(this.calls(), this.bound.binding.deviceFd));
   }
 
   private checkedRange(which: number | string, offset: number | bigint, length: number, what: 'read' | 'write'): RegionInfo {
@@ -363,21 +324,13 @@ export class VfioDevice implements Disposable {
     try {
       return fn();
     } catch (e) {
-      if (e instanceof StepError) {
-        throw new KernelError(`the kernel refused ${e.step} on ${this.name}: ${e.errno ?? e.message}`, {
-          errno: e.errno, route: e.route, step: e.step, attempts: [e.attempt], cause: e,
-        });
-      }
-      throw e;
+      throw e instanceof StepError ? kernelRefused(e, this.name) : e;
     }
   }
 
   private readInfo(): DeviceInfo {
-    const calls = new StepCalls(this.kernel, this.route, this.log);
-    const buf = encode(vfio_device_info, { argsz: vfio_device_info.size });
-    calls.ioctl('VFIO_DEVICE_GET_INFO', this.binding.deviceFd, VFIO.DEVICE_GET_INFO, buf);
-    const info = decode(vfio_device_info, buf);
-    return { flags: decodeDeviceFlags(info.flags), rawFlags: info.flags, regions: info.num_regions, irqs: info.num_irqs };
+    const info = deviceGetInfo(this.calls(), this.bound.binding.deviceFd);
+    return { flags: decodeDeviceFlags(info.flags), rawFlags: info.flags, regions: info.numRegions, irqs: info.numIrqs };
   }
 
   protected assertOpen(): void {
@@ -397,9 +350,7 @@ export class VfioDevice implements Disposable {
     }
     for (const mapping of [...this.regionMappings]) mapping.close();
     this.context.untrack(this);
-    this.binding.release();
-    processHolds.release(this.location.sysfsPath, this.location.group?.id ?? null);
-    if (this.ownsContext) this.context.close();
+    this.bound.hold.release();
     this.afterClose?.();
     this.log.debug({}, 'closed');
   }
@@ -423,18 +374,11 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
   const passed = options.fds && options.ownFds ? Object.values(options.fds).filter((fd): fd is number => fd !== undefined) : [];
   const afterClose = passed.length > 0 ? () => passed.forEach((fd) => closeQuietly(kernel, fd)) : undefined;
   try {
-    const device = new VfioDevice(loc, kernel, log, bound.binding, bound.ownsContext, bound.context, bound.fallback, afterClose);
+    const device = new VfioDevice(loc, kernel, log, bound, afterClose);
     log.info({ report: device.report }, 'bound');
     return device;
   } catch (e) {
-    bound.binding.release();
-    processHolds.release(loc.sysfsPath, loc.group?.id ?? null);
-    if (bound.ownsContext) bound.context.close();
-    if (e instanceof StepError) {
-      throw new KernelError(`the kernel refused ${e.step} on ${loc.name}, which is bound: ${e.errno ?? e.message}`, {
-        errno: e.errno, route: e.route, step: e.step, attempts: [e.attempt], cause: e,
-      });
-    }
-    throw e;
+    bound.hold.release();
+    throw e instanceof StepError ? kernelRefused(e, `${loc.name}, which is bound`) : e;
   }
 }

@@ -5,8 +5,8 @@ import { ClosedError, UsageError } from '../errors.js';
 import type { StepCalls } from '../sys/calls.js';
 import { closeQuietly } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
-import { decode, encode } from '../uapi/struct.js';
-import { VFIO, VFIO_IRQ_INFO_FLAG, VFIO_IRQ_SET, VFIO_PCI_IRQ, vfio_irq_info, vfio_irq_set } from '../uapi/vfio.js';
+import { deviceGetIrqInfo } from '../ioctl/device.js';
+import { VFIO_IRQ_INFO_FLAG, VFIO_PCI_IRQ } from '../uapi/vfio.js';
 
 export interface IrqInfo {
   index: number;
@@ -30,9 +30,7 @@ export function absentIrq(index: number, pci: boolean): IrqInfo {
 }
 
 export function readIrqInfo(calls: StepCalls, fd: number, index: number, pci: boolean): IrqInfo {
-  const buf = encode(vfio_irq_info, { argsz: vfio_irq_info.size, index });
-  calls.ioctl('VFIO_DEVICE_GET_IRQ_INFO', fd, VFIO.DEVICE_GET_IRQ_INFO, buf);
-  const info = decode(vfio_irq_info, buf);
+  const info = deviceGetIrqInfo(calls, fd, index);
   return {
     index,
     name: irqName(index, pci),
@@ -42,24 +40,6 @@ export function readIrqInfo(calls: StepCalls, fd: number, index: number, pci: bo
     automasked: (info.flags & VFIO_IRQ_INFO_FLAG.AUTOMASKED) !== 0,
     noresize: (info.flags & VFIO_IRQ_INFO_FLAG.NORESIZE) !== 0,
   };
-}
-
-/** VFIO_DEVICE_SET_IRQS with eventfds (or -1 to leave a vector unwired) for vectors start.. */
-export function setIrqEventfds(calls: StepCalls, fd: number, index: number, start: number, eventfds: number[]): void {
-  const buf = encode(vfio_irq_set, {
-    argsz: vfio_irq_set.size + 4 * eventfds.length,
-    flags: VFIO_IRQ_SET.DATA_EVENTFD | VFIO_IRQ_SET.ACTION_TRIGGER,
-    index, start, count: eventfds.length,
-  }, vfio_irq_set.size + 4 * eventfds.length);
-  eventfds.forEach((efd, i) => buf.writeInt32LE(efd, vfio_irq_set.size + 4 * i));
-  calls.ioctl('VFIO_DEVICE_SET_IRQS', fd, VFIO.DEVICE_SET_IRQS, buf);
-}
-
-/** VFIO_DEVICE_SET_IRQS with no data: disable (TRIGGER, count 0) or unmask (UNMASK). */
-export function setIrqNone(calls: StepCalls, fd: number, index: number, action: 'disable' | 'unmask', start = 0, count = 0): void {
-  const flags = VFIO_IRQ_SET.DATA_NONE | (action === 'disable' ? VFIO_IRQ_SET.ACTION_TRIGGER : VFIO_IRQ_SET.ACTION_UNMASK);
-  const buf = encode(vfio_irq_set, { argsz: vfio_irq_set.size, flags, index, start, count: action === 'disable' ? 0 : count });
-  calls.ioctl('VFIO_DEVICE_SET_IRQS', fd, VFIO.DEVICE_SET_IRQS, buf);
 }
 
 interface Waiter {

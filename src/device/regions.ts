@@ -1,18 +1,7 @@
-// Device regions: VFIO_DEVICE_GET_REGION_INFO and its capability chain, read/write at an offset.
-import { decode, encode } from '../uapi/struct.js';
-import {
-  VFIO,
-  VFIO_PCI_REGION,
-  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-  VFIO_REGION_INFO_CAP_TYPE,
-  VFIO_REGION_INFO_FLAG,
-  vfio_region_info,
-  vfio_region_info_cap_sparse_mmap,
-  vfio_region_info_cap_type,
-  vfio_region_sparse_mmap_area,
-  capabilities,
-} from '../uapi/vfio.js';
+// Device regions: what VFIO_DEVICE_GET_REGION_INFO says of each, under its name.
+import { deviceGetRegionInfo } from '../ioctl/device.js';
 import type { StepCalls } from '../sys/calls.js';
+import { VFIO_PCI_REGION, VFIO_REGION_INFO_FLAG } from '../uapi/vfio.js';
 
 export interface RegionInfo {
   index: number;
@@ -41,18 +30,10 @@ export function absentRegion(index: number, pci: boolean): RegionInfo {
   return { index, name: regionName(index, pci), size: 0n, offset: 0n, readable: false, writable: false, mmappable: false, sparseMmap: null, type: null };
 }
 
-/** Reads one region's info, following the capability chain when the kernel reports one. */
+/** Reads one region's info (VFIO_DEVICE_GET_REGION_INFO with its capability chain). */
 export function readRegionInfo(calls: StepCalls, fd: number, index: number, pci: boolean): RegionInfo {
-  let buf = encode(vfio_region_info, { argsz: vfio_region_info.size, index });
-  calls.ioctl('VFIO_DEVICE_GET_REGION_INFO', fd, VFIO.DEVICE_GET_REGION_INFO, buf);
-  let info = decode(vfio_region_info, buf);
-  // With capabilities, argsz comes back larger than we sent: ask again with room for the chain.
-  if ((info.flags & VFIO_REGION_INFO_FLAG.CAPS) !== 0 && info.argsz > buf.length) {
-    buf = encode(vfio_region_info, { argsz: info.argsz, index }, info.argsz);
-    calls.ioctl('VFIO_DEVICE_GET_REGION_INFO', fd, VFIO.DEVICE_GET_REGION_INFO, buf);
-    info = decode(vfio_region_info, buf);
-  }
-  const region: RegionInfo = {
+  const info = deviceGetRegionInfo(calls, fd, index);
+  return {
     index,
     name: regionName(index, pci),
     size: info.size,
@@ -60,24 +41,7 @@ export function readRegionInfo(calls: StepCalls, fd: number, index: number, pci:
     readable: (info.flags & VFIO_REGION_INFO_FLAG.READ) !== 0,
     writable: (info.flags & VFIO_REGION_INFO_FLAG.WRITE) !== 0,
     mmappable: (info.flags & VFIO_REGION_INFO_FLAG.MMAP) !== 0,
-    sparseMmap: null,
-    type: null,
+    sparseMmap: info.sparseMmap,
+    type: info.type,
   };
-  if ((info.flags & VFIO_REGION_INFO_FLAG.CAPS) !== 0) {
-    for (const cap of capabilities(buf, info.cap_offset)) {
-      if (cap.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
-        const n = decode(vfio_region_info_cap_sparse_mmap, buf, cap.at).nr_areas;
-        region.sparseMmap = [];
-        for (let i = 0; i < n; i++) {
-          const at = cap.at + vfio_region_info_cap_sparse_mmap.size + i * vfio_region_sparse_mmap_area.size;
-          if (at + vfio_region_sparse_mmap_area.size > buf.length) break;
-          region.sparseMmap.push(decode(vfio_region_sparse_mmap_area, buf, at));
-        }
-      } else if (cap.id === VFIO_REGION_INFO_CAP_TYPE) {
-        const t = decode(vfio_region_info_cap_type, buf, cap.at);
-        region.type = { type: t.type, subtype: t.subtype };
-      }
-    }
-  }
-  return region;
 }

@@ -217,14 +217,6 @@ export function listDevices(kernel: Kernel): DeviceLocation[] {
   return found;
 }
 
-/** Which routes look usable for a located device, from the nodes that exist (nothing is opened). */
-export function visibleRoutes(kernel: Kernel, loc: DeviceLocation): { iommufd: boolean; legacy: boolean } {
-  return {
-    iommufd: loc.cdev?.devnum != null && kernel.exists('/dev/iommu') && loc.cdev.nodes.some((n) => kernel.exists(n)),
-    legacy: loc.group !== null && kernel.exists('/dev/vfio/vfio') && kernel.exists(loc.group.node),
-  };
-}
-
 /** Why a host shows no VFIO device, in one sentence. */
 export function whyNoVfio(kernel: Kernel): string {
   if (!kernel.exists('/sys/bus/pci/devices')) return 'this system has no PCI bus in sysfs';

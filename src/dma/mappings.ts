@@ -1,6 +1,7 @@
 // The DMA mappings of one IOMMU context, on either route: which DMA buffer sits at which IOVA, an IOVA
 // allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
-import { ClosedError, KernelError, NoRouteError, StepError, UsageError, type RouteName } from '../errors.js';
+import { ClosedError, KernelError, NoRouteError, StepError, UsageError } from '../errors.js';
+import type { RouteName } from '../routes/names.js';
 import type { Kernel } from '../sys/kernel.js';
 import { DmaBuffer, hex, PAGE_SIZE } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
@@ -163,7 +164,7 @@ export class DmaMappings {
     } catch (e) {
       if (!(e instanceof StepError)) throw e;
       const what = describe();
-      const base = { errno: e.errno, route: e.route, step: e.step, attempts: [e.attempt], cause: e };
+      const base = e.details();
       if (e.errno === 'ENOMEM' && size !== undefined) {
         const limit = this.memlock();
         return fail(new KernelError(

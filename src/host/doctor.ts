@@ -1,9 +1,14 @@
 // `vfio-bind doctor`: is this host ready to assign devices, and this device? One check per line, each
-// with its evidence and, when something is off, the fix. Nothing is opened or bound.
+// with its evidence and, when something is off, the fix. Nothing is opened or bound. The checks are a
+// list of small functions over the facts they share (HOST_CHECKS, DEVICE_CHECKS); the report's exit
+// code is the first failing check's.
 import { createRequire } from 'node:module';
 import { ExitCode, VfioError, type ExitCodeValue } from '../errors.js';
 import { locateDevice, type DeviceLocation } from '../discovery/locate.js';
-import { predictRoute, UNSAFE_INTERRUPTS_PARAM, type RoutePrediction } from '../routes/select.js';
+import { ROUTES } from '../routes/index.js';
+import type { RouteName } from '../routes/names.js';
+import { unsafeInterruptsParam } from '../routes/route.js';
+import { predictRoute, type RoutePrediction } from '../routes/select.js';
 import type { Kernel } from '../sys/kernel.js';
 
 /** node:zlib, loaded only when a kernel's config must be read from /proc/config.gz (every CLI command
@@ -36,10 +41,8 @@ export interface DoctorReport {
   exit_code: ExitCodeValue;
 }
 
-const UNSAFE_PARAMS = [
-  ['vfio_iommu_type1', 'legacy route'],
-  ['iommufd', 'iommufd route'],
-] as const;
+/** the order doctor names the routes in, where it names both */
+const ROUTE_ORDER: readonly RouteName[] = ['legacy', 'iommufd'];
 
 function read(kernel: Kernel, path: string): string | null {
   try {
@@ -80,165 +83,226 @@ function kernelConfig(kernel: Kernel, release: string): { source: string; option
   return { source, options };
 }
 
-export function doctor(kernel: Kernel, spec?: string): DoctorReport {
-  const checks: Check[] = [];
-  const release = read(kernel, '/proc/sys/kernel/osrelease') ?? 'unknown';
-  const cmdline = read(kernel, '/proc/cmdline') ?? '';
-  const noiommuMode = read(kernel, '/sys/module/vfio/parameters/enable_unsafe_noiommu_mode') === 'Y';
+/** What the checks read, each fact read once and only when a check asks for it. */
+class Facts {
+  private memo = new Map<string, unknown>();
+  constructor(readonly kernel: Kernel, readonly spec: string | undefined) {}
 
-  // 1. the IOMMU
-  const iommus = list(kernel, '/sys/class/iommu');
-  if (iommus.length > 0) {
-    checks.push({ id: 'iommu', status: 'ok', summary: `IOMMU enabled (${iommus.join(', ')})`, evidence: [`/sys/class/iommu: ${iommus.join(' ')}`] });
-  } else {
-    checks.push({
-      id: 'iommu', status: noiommuMode ? 'warn' : 'fail',
-      summary: noiommuMode ? 'no IOMMU: VFIO runs in its unsafe noiommu mode (devices can DMA anywhere)' : 'there is no IOMMU: no device can be assigned safely',
-      evidence: ['/sys/class/iommu is empty', `kernel command line: ${cmdline || '(unreadable)'}`],
-      fix: 'enable VT-d (Intel) or AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line',
-      ...(noiommuMode ? {} : { exitCode: ExitCode.NO_ROUTE }),
+  private once<T>(key: string, read: () => T): T {
+    if (!this.memo.has(key)) this.memo.set(key, read());
+    return this.memo.get(key) as T;
+  }
+
+  get release(): string {
+    return this.once('release', () => read(this.kernel, '/proc/sys/kernel/osrelease') ?? 'unknown');
+  }
+  get iommus(): string[] {
+    return this.once('iommus', () => list(this.kernel, '/sys/class/iommu'));
+  }
+  get noiommuMode(): boolean {
+    return this.once('noiommu', () => read(this.kernel, '/sys/module/vfio/parameters/enable_unsafe_noiommu_mode') === 'Y');
+  }
+  /** interrupt remapping, from the interrupt domains the kernel lists */
+  get remapped(): boolean {
+    return this.once('remapped', () => /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(read(this.kernel, '/proc/interrupts') ?? ''));
+  }
+  /** each route's allow_unsafe_interrupts parameter (null: its module is not loaded) */
+  unsafeParam(route: RouteName): string | null {
+    return this.once(`unsafe:${route}`, () => read(this.kernel, `/sys/module/${ROUTES[route].unsafeInterruptsModule}/parameters/allow_unsafe_interrupts`));
+  }
+  /** whether VFIO would accept this IOMMU's interrupts on a route: remapped, or accepted unsafely */
+  interruptsAllowed(route: RouteName): boolean {
+    return this.iommus.length === 0 || this.remapped || this.unsafeParam(route) === 'Y';
+  }
+  /** the named device, or the error that says why it is not one (null without a spec) */
+  get device(): { loc: DeviceLocation } | { error: VfioError } | null {
+    return this.once('device', () => {
+      if (this.spec === undefined) return null;
+      try {
+        return { loc: locateDevice(this.kernel, this.spec) };
+      } catch (e) {
+        if (!(e instanceof VfioError)) throw e;
+        return { error: e };
+      }
     });
   }
-
-  // 2. interrupt remapping: without it VFIO refuses devices (EPERM) unless told to accept the risk,
-  // which each route is told separately
-  const interruptsAllowed = { iommufd: true, legacy: true };
-  if (iommus.length > 0) {
-    const interrupts = read(kernel, '/proc/interrupts') ?? '';
-    const remapped = /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(interrupts);
-    const unsafe = UNSAFE_PARAMS.map(([mod, route]) => ({ mod, route, value: read(kernel, `/sys/module/${mod}/parameters/allow_unsafe_interrupts`) }));
-    interruptsAllowed.legacy = remapped || unsafe[0]!.value === 'Y';
-    interruptsAllowed.iommufd = remapped || unsafe[1]!.value === 'Y';
-    const evidence = [
-      remapped ? '/proc/interrupts lists IR- (remapped) interrupt domains' : '/proc/interrupts lists no IR- (remapped) interrupt domain',
-      ...unsafe.filter((u) => u.value !== null).map((u) => `${u.mod}.allow_unsafe_interrupts=${u.value}`),
-    ];
-    if (remapped) {
-      checks.push({ id: 'interrupt-remapping', status: 'ok', summary: 'interrupt remapping is enabled', evidence });
-    } else if (unsafe.some((u) => u.value === 'Y')) {
-      checks.push({
-        id: 'interrupt-remapping', status: 'warn',
-        summary: `no interrupt remapping; accepted unsafely on the ${unsafe.filter((u) => u.value === 'Y').map((u) => u.route).join(' and ')}`,
-        evidence,
-      });
-    } else {
-      checks.push({
-        id: 'interrupt-remapping', status: 'fail',
-        summary: 'interrupt remapping is missing: VFIO refuses to attach devices (EPERM)',
-        evidence,
-        fix: 'enable interrupt remapping (x2APIC/IR in the firmware), or accept the risk with vfio_iommu_type1.allow_unsafe_interrupts=1 (legacy route) and iommufd.allow_unsafe_interrupts=1 (iommufd route) on the kernel command line',
-        exitCode: ExitCode.NO_ROUTE,
-      });
-    }
+  get loc(): DeviceLocation | null {
+    const d = this.device;
+    return d && 'loc' in d ? d.loc : null;
   }
+  get prediction(): RoutePrediction | null {
+    return this.once('prediction', () => (this.loc ? predictRoute(this.kernel, this.loc) : null));
+  }
+}
 
-  // 3. what the kernel supports
-  const config = kernelConfig(kernel, release);
-  const hasIommufd = kernel.exists('/sys/class/misc/iommu');
-  const cfgEvidence = config
+type CheckFn = (f: Facts) => Check | null;
+
+function iommuCheck(f: Facts): Check {
+  if (f.iommus.length > 0) {
+    return { id: 'iommu', status: 'ok', summary: `IOMMU enabled (${f.iommus.join(', ')})`, evidence: [`/sys/class/iommu: ${f.iommus.join(' ')}`] };
+  }
+  return {
+    id: 'iommu', status: f.noiommuMode ? 'warn' : 'fail',
+    summary: f.noiommuMode ? 'no IOMMU: VFIO runs in its unsafe noiommu mode (devices can DMA anywhere)' : 'there is no IOMMU: no device can be assigned safely',
+    evidence: ['/sys/class/iommu is empty', `kernel command line: ${read(f.kernel, '/proc/cmdline') || '(unreadable)'}`],
+    fix: 'enable VT-d (Intel) or AMD-Vi in the firmware and add intel_iommu=on (Intel) or amd_iommu=on (AMD) to the kernel command line',
+    ...(f.noiommuMode ? {} : { exitCode: ExitCode.NO_ROUTE }),
+  };
+}
+
+/** Without interrupt remapping VFIO refuses devices (EPERM) unless told to accept the risk, which each route is told separately. */
+function interruptRemappingCheck(f: Facts): Check | null {
+  if (f.iommus.length === 0) return null;
+  const set = ROUTE_ORDER.filter((r) => f.unsafeParam(r) !== null);
+  const evidence = [
+    f.remapped ? '/proc/interrupts lists IR- (remapped) interrupt domains' : '/proc/interrupts lists no IR- (remapped) interrupt domain',
+    ...set.map((r) => `${ROUTES[r].unsafeInterruptsModule}.allow_unsafe_interrupts=${f.unsafeParam(r)}`),
+  ];
+  if (f.remapped) return { id: 'interrupt-remapping', status: 'ok', summary: 'interrupt remapping is enabled', evidence };
+  const accepted = ROUTE_ORDER.filter((r) => f.unsafeParam(r) === 'Y');
+  if (accepted.length > 0) {
+    return { id: 'interrupt-remapping', status: 'warn', summary: `no interrupt remapping; accepted unsafely on the ${accepted.map((r) => `${r} route`).join(' and ')}`, evidence };
+  }
+  return {
+    id: 'interrupt-remapping', status: 'fail',
+    summary: 'interrupt remapping is missing: VFIO refuses to attach devices (EPERM)',
+    evidence,
+    fix: `enable interrupt remapping (x2APIC/IR in the firmware), or accept the risk with ${ROUTE_ORDER.map((r) => `${unsafeInterruptsParam(ROUTES[r])} (${r} route)`).join(' and ')} on the kernel command line`,
+    exitCode: ExitCode.NO_ROUTE,
+  };
+}
+
+function kernelCheck(f: Facts): Check {
+  const config = kernelConfig(f.kernel, f.release);
+  const hasIommufd = f.kernel.exists('/sys/class/misc/iommu');
+  const evidence = config
     ? [`${config.source}: ${['CONFIG_VFIO', 'CONFIG_VFIO_PCI', 'CONFIG_VFIO_CONTAINER', 'CONFIG_IOMMUFD', 'CONFIG_VFIO_DEVICE_CDEV', 'CONFIG_VFIO_NOIOMMU']
         .map((o) => `${o.replace('CONFIG_', '')}=${config.options.get(o) ?? 'absent'}`).join(' ')}`]
     : ['no kernel config readable (/boot/config-*, /proc/config.gz); judged from sysfs'];
-  cfgEvidence.push(hasIommufd ? '/sys/class/misc/iommu exists: iommufd is in the kernel' : '/sys/class/misc/iommu is absent');
-  checks.push({
+  evidence.push(hasIommufd ? '/sys/class/misc/iommu exists: iommufd is in the kernel' : '/sys/class/misc/iommu is absent');
+  return {
     id: 'kernel', status: 'info',
     summary: hasIommufd
-      ? `kernel ${release} has iommufd: the iommufd route is available`
-      : `kernel ${release} has no iommufd (CONFIG_IOMMUFD not set): the legacy route will be used`,
-    evidence: cfgEvidence,
-  });
+      ? `kernel ${f.release} has iommufd: the iommufd route is available`
+      : `kernel ${f.release} has no iommufd (CONFIG_IOMMUFD not set): the legacy route will be used`,
+    evidence,
+  };
+}
 
-  // 4. modules
-  const modules = ['vfio', 'vfio_pci', 'vfio_iommu_type1', 'iommufd'].map((m) => ({ m, loaded: kernel.exists(`/sys/module/${m}`) }));
-  const vfioPciLoaded = kernel.exists('/sys/bus/pci/drivers/vfio-pci');
-  checks.push({
+function modulesCheck(f: Facts): Check {
+  const modules = ['vfio', 'vfio_pci', 'vfio_iommu_type1', 'iommufd'].map((m) => ({ m, loaded: f.kernel.exists(`/sys/module/${m}`) }));
+  const vfioPciLoaded = f.kernel.exists('/sys/bus/pci/drivers/vfio-pci');
+  return {
     id: 'modules', status: vfioPciLoaded ? 'ok' : 'fail',
     summary: vfioPciLoaded ? 'vfio-pci is loaded' : 'vfio-pci is not loaded',
     evidence: [modules.map((x) => `${x.m}: ${x.loaded ? 'loaded' : 'absent'}`).join(', ')],
     ...(vfioPciLoaded ? {} : { fix: 'modprobe vfio-pci', exitCode: ExitCode.NO_ROUTE }),
-  });
+  };
+}
 
-  // 5. the device, if one was named
-  let loc: DeviceLocation | null = null;
-  let prediction: RoutePrediction | null = null;
-  if (spec !== undefined) {
-    try {
-      loc = locateDevice(kernel, spec);
-    } catch (e) {
-      if (!(e instanceof VfioError)) throw e;
-      checks.push({ id: 'device', status: 'fail', summary: e.message, evidence: [], ...(e.hint ? { fix: e.hint } : {}), exitCode: e.exitCode });
-    }
-  }
+/** A device spec that names nothing usable. */
+function deviceCheck(f: Facts): Check | null {
+  const d = f.device;
+  if (!d || !('error' in d)) return null;
+  const e = d.error;
+  return { id: 'device', status: 'fail', summary: e.message, evidence: [], ...(e.hint ? { fix: e.hint } : {}), exitCode: e.exitCode };
+}
 
-  // 6. node permissions for this user
-  const nodes = ['/dev/vfio/vfio', '/dev/iommu'];
+/** Which VFIO nodes this user may open: both routes' context nodes, and the device's own. */
+function permissionsCheck(f: Facts): Check {
+  const nodes: string[] = [ROUTES.legacy.node, ROUTES.iommufd.node];
+  const loc = f.loc;
   if (loc?.group) nodes.push(loc.group.node);
   if (loc?.cdev?.devnum) nodes.push(loc.cdev.nodes[0]!);
-  const present = nodes.filter((n) => kernel.exists(n));
-  const denied = present.filter((n) => !kernel.accessible(n));
+  const present = nodes.filter((n) => f.kernel.exists(n));
+  const denied = present.filter((n) => !f.kernel.accessible(n));
   const uid = process.getuid?.() ?? -1;
-  checks.push({
+  return {
     id: 'permissions', status: denied.length === 0 ? 'ok' : 'warn',
     summary: denied.length === 0 ? `this user (uid ${uid}) may open ${present.join(', ') || 'no VFIO node (none exist)'}` : `this user (uid ${uid}) cannot open ${denied.join(', ')}`,
     evidence: present.map((n) => `${n}: ${denied.includes(n) ? 'no read-write access' : 'read-write'}`),
     ...(denied.length ? { fix: 'run as root, or give this user access with a udev rule, e.g. SUBSYSTEM=="vfio", GROUP="kvm", MODE="0660" (and /dev/iommu likewise)' } : {}),
-  });
+  };
+}
 
-  // 7. locked memory
-  const limits = read(kernel, '/proc/self/limits') ?? '';
-  const m = /Max locked memory\s+(\S+)\s+(\S+)/.exec(limits);
-  const capEff = /CapEff:\s+([0-9a-f]+)/.exec(read(kernel, '/proc/self/status') ?? '');
+function memlockCheck(f: Facts): Check {
+  const m = /Max locked memory\s+(\S+)\s+(\S+)/.exec(read(f.kernel, '/proc/self/limits') ?? '');
+  const capEff = /CapEff:\s+([0-9a-f]+)/.exec(read(f.kernel, '/proc/self/status') ?? '');
   const ipcLock = capEff ? (BigInt(`0x${capEff[1]}`) & (1n << 14n)) !== 0n : false;
   const soft = m ? (m[1] === 'unlimited' ? Infinity : Number(m[1])) : NaN;
   const enough = ipcLock || soft >= 64 * 1024 * 1024;
-  checks.push({
+  return {
     id: 'memlock', status: enough ? 'ok' : 'warn',
     summary: ipcLock ? 'CAP_IPC_LOCK: DMA mappings are not limited by RLIMIT_MEMLOCK'
       : `RLIMIT_MEMLOCK is ${m ? `${m[1]} bytes` : 'unknown'}: DMA mappings beyond it fail${enough ? '' : ' (guest RAM must fit in it)'}`,
     evidence: [m ? `Max locked memory: soft ${m[1]}, hard ${m[2]}` : '/proc/self/limits unreadable', `CAP_IPC_LOCK: ${ipcLock ? 'yes' : 'no'}`],
     ...(enough ? {} : { fix: 'raise it: ulimit -l, LimitMEMLOCK= in a systemd unit, or /etc/security/limits.conf' }),
-  });
+  };
+}
 
-  if (loc) {
-    const g = loc.group;
-    const isVfio = loc.bus === 'mdev' || (loc.driver?.startsWith('vfio') ?? false);
-    checks.push({
-      id: 'driver', status: isVfio ? 'ok' : 'fail',
-      summary: isVfio ? `${loc.name} is bound to ${loc.driver}` : `${loc.name} is bound to ${loc.driver ?? 'no driver'}, not to vfio-pci`,
-      evidence: [`${loc.sysfsPath}/driver -> ${loc.driver ?? '(none)'}`],
-      ...(isVfio ? {} : { fix: `vfio-bind driver ${loc.name} --to vfio-pci`, exitCode: ExitCode.NOT_FOUND }),
-    });
-    checks.push(g
-      ? {
-        id: 'group', status: g.blockers.length === 0 ? 'ok' : 'fail',
-        summary: g.blockers.length === 0 ? `IOMMU group ${g.id}${g.noiommu ? ' (noiommu)' : ''} is viable` : `IOMMU group ${g.id} is not viable: ${g.blockers.map((b) => `${b.name} (${b.driver})`).join(', ')} on host drivers`,
-        evidence: g.members.map((x) => `${x.name}: ${x.driver ?? 'no driver'}`),
-        ...(g.blockers.length ? { fix: `vfio-bind driver ${loc.name} --to vfio-pci --group`, exitCode: ExitCode.NOT_FOUND } : {}),
-      }
-      : {
-        id: 'group', status: 'fail', summary: `${loc.name} has no IOMMU group`, evidence: [`${loc.sysfsPath}/iommu_group is absent`],
-        fix: 'enable the IOMMU (intel_iommu=on or amd_iommu=on)', exitCode: ExitCode.NO_ROUTE,
-      });
-    prediction = predictRoute(kernel, loc);
-    const evidence = prediction.fallback ? [`iommufd: ${prediction.fallback.step}${prediction.fallback.errno ? ` would answer ${prediction.fallback.errno}` : ' fails'}`] : [];
-    if (prediction.route && !interruptsAllowed[prediction.route] && !loc.group?.noiommu) {
-      // the route is there, but its attach will answer EPERM: its own parameter was not set
-      const param = UNSAFE_INTERRUPTS_PARAM[prediction.route];
-      checks.push({
-        id: 'route', status: 'fail',
-        summary: `bind would take the ${prediction.route} route, and answer EPERM there: no interrupt remapping, and ${param} is not set`,
-        evidence, fix: `set ${param} (or enable interrupt remapping)`, exitCode: ExitCode.NO_ROUTE,
-      });
-    } else {
-      checks.push({
-        id: 'route', status: prediction.route ? 'ok' : 'fail',
-        summary: prediction.route ? `bind would take the ${prediction.route} route: ${prediction.reason}` : `no route: ${prediction.reason}`,
-        evidence,
-        ...(prediction.route ? {} : { exitCode: /may open neither/.test(prediction.reason) ? ExitCode.PERMISSION : ExitCode.NO_ROUTE }),
-      });
-    }
+function driverCheck(f: Facts): Check | null {
+  const loc = f.loc;
+  if (!loc) return null;
+  const isVfio = loc.bus === 'mdev' || (loc.driver?.startsWith('vfio') ?? false);
+  return {
+    id: 'driver', status: isVfio ? 'ok' : 'fail',
+    summary: isVfio ? `${loc.name} is bound to ${loc.driver}` : `${loc.name} is bound to ${loc.driver ?? 'no driver'}, not to vfio-pci`,
+    evidence: [`${loc.sysfsPath}/driver -> ${loc.driver ?? '(none)'}`],
+    ...(isVfio ? {} : { fix: `vfio-bind driver ${loc.name} --to vfio-pci`, exitCode: ExitCode.NOT_FOUND }),
+  };
+}
+
+function groupCheck(f: Facts): Check | null {
+  const loc = f.loc;
+  if (!loc) return null;
+  const g = loc.group;
+  if (!g) {
+    return {
+      id: 'group', status: 'fail', summary: `${loc.name} has no IOMMU group`, evidence: [`${loc.sysfsPath}/iommu_group is absent`],
+      fix: 'enable the IOMMU (intel_iommu=on or amd_iommu=on)', exitCode: ExitCode.NO_ROUTE,
+    };
   }
+  return {
+    id: 'group', status: g.blockers.length === 0 ? 'ok' : 'fail',
+    summary: g.blockers.length === 0 ? `IOMMU group ${g.id}${g.noiommu ? ' (noiommu)' : ''} is viable` : `IOMMU group ${g.id} is not viable: ${g.blockers.map((b) => `${b.name} (${b.driver})`).join(', ')} on host drivers`,
+    evidence: g.members.map((x) => `${x.name}: ${x.driver ?? 'no driver'}`),
+    ...(g.blockers.length ? { fix: `vfio-bind driver ${loc.name} --to vfio-pci --group`, exitCode: ExitCode.NOT_FOUND } : {}),
+  };
+}
 
+/** The route bind would take, from the nodes; and whether that route would refuse the IOMMU's interrupts. */
+function routeCheck(f: Facts): Check | null {
+  const p = f.prediction;
+  if (!p) return null;
+  const evidence = p.fallback ? [`iommufd: ${p.fallback.step}${p.fallback.errno ? ` would answer ${p.fallback.errno}` : ' fails'}`] : [];
+  if (p.route && !f.interruptsAllowed(p.route) && !f.loc?.group?.noiommu) {
+    // the route is there, but its attach will answer EPERM: its own parameter was not set
+    const param = unsafeInterruptsParam(ROUTES[p.route]);
+    return {
+      id: 'route', status: 'fail',
+      summary: `bind would take the ${p.route} route, and answer EPERM there: no interrupt remapping, and ${param} is not set`,
+      evidence, fix: `set ${param} (or enable interrupt remapping)`, exitCode: ExitCode.NO_ROUTE,
+    };
+  }
+  return {
+    id: 'route', status: p.route ? 'ok' : 'fail',
+    summary: p.route ? `bind would take the ${p.route} route: ${p.reason}` : `no route: ${p.reason}`,
+    evidence,
+    ...(p.route ? {} : { exitCode: p.exitCode }),
+  };
+}
+
+/** Every check, in the order the report lists them. */
+export const CHECKS: readonly CheckFn[] = [
+  iommuCheck, interruptRemappingCheck, kernelCheck, modulesCheck, deviceCheck, permissionsCheck, memlockCheck,
+  driverCheck, groupCheck, routeCheck,
+];
+
+export function doctor(kernel: Kernel, spec?: string): DoctorReport {
+  const f = new Facts(kernel, spec);
+  const checks = CHECKS.map((check) => check(f)).filter((c): c is Check => c !== null);
+  const loc = f.loc;
+  const prediction = f.prediction;
   // A device spec that is not one is a usage error whatever else is wrong; otherwise the first failure decides.
   const badSpec = checks.find((c) => c.id === 'device' && c.exitCode === ExitCode.USAGE);
   const failed = badSpec ?? checks.find((c) => c.status === 'fail');

@@ -1,29 +1,16 @@
 // The iommufd route: /dev/iommu + the device's VFIO cdev. BIND is the ownership contract (a cdev opens
 // "parked" and accepts nothing else), then the device is attached to the context's IOAS.
 import type { CdevLocation, DeviceLocation } from '../discovery/locate.js';
-import type { Logger } from '../log.js';
-import { closeQuietly, FdStack, StepCalls } from '../sys/calls.js';
-import { makedev, type Kernel } from '../sys/kernel.js';
-import { decode, encode } from '../uapi/struct.js';
-import {
-  IOMMU,
-  IOMMU_IOAS_MAP_FLAG,
-  iommu_destroy,
-  iommu_ioas_alloc,
-  iommu_ioas_iova_ranges,
-  iommu_ioas_map,
-  iommu_ioas_unmap,
-  iommu_iova_range,
-} from '../uapi/iommufd.js';
 import type { IovaRange } from '../dma/iova.js';
-import { VFIO, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
-import { IommuContext, type BeforeBindHook, type Binding, type PassedFd } from './route.js';
-
-export const IOMMUFD_NODE = '/dev/iommu';
+import { attachIommufdPt, bindIommufd, destroy, detachIommufdPt, ioasAlloc, ioasIovaRanges, ioasMap, ioasUnmap } from '../ioctl/iommufd.js';
+import type { Logger } from '../log.js';
+import { closeQuietly, FdStack, quietly, StepCalls } from '../sys/calls.js';
+import { makedev, type Kernel } from '../sys/kernel.js';
+import { IommuContext, type BeforeBindHook, type Binding, type PassedFd, type RouteDescriptor } from './route.js';
 
 export class IommufdContext extends IommuContext {
   readonly route = 'iommufd' as const;
-  readonly node = IOMMUFD_NODE;
+  readonly node = IOMMUFD_ROUTE.node;
   private ioasId: number | null = null;
 
   private constructor(kernel: Kernel, log: Logger, readonly fd: number, private readonly ownsFd = true) {
@@ -33,7 +20,7 @@ export class IommufdContext extends IommuContext {
   /** Opens /dev/iommu (step "open /dev/iommu"). */
   static open(kernel: Kernel, log: Logger): IommufdContext {
     const calls = new StepCalls(kernel, 'iommufd', log);
-    return new IommufdContext(kernel, log, calls.open('open /dev/iommu', IOMMUFD_NODE));
+    return new IommufdContext(kernel, log, calls.open(IOMMUFD_ROUTE.openStep, IOMMUFD_ROUTE.node));
   }
 
   /** Uses an iommufd opened by someone else (checked by the caller to be /dev/iommu). */
@@ -43,12 +30,7 @@ export class IommufdContext extends IommuContext {
 
   /** The context's IO address space, allocated on first use (step IOMMU_IOAS_ALLOC). */
   ioas(calls: StepCalls): number {
-    if (this.ioasId === null) {
-      const arg = encode(iommu_ioas_alloc, { size: iommu_ioas_alloc.size });
-      calls.ioctl('IOMMU_IOAS_ALLOC', this.fd, IOMMU.IOAS_ALLOC, arg);
-      this.ioasId = decode(iommu_ioas_alloc, arg).out_ioas_id;
-    }
-    return this.ioasId;
+    return (this.ioasId ??= ioasAlloc(calls, this.fd));
   }
 
   /** The IOAS id once allocated (for iommufd ioctls this library does not wrap), else null. */
@@ -71,14 +53,10 @@ export class IommufdContext extends IommuContext {
         ? { fd: passed.fd, path: `fd ${passed.fd}` }
         : openCdev(calls, fds, cdev);
       beforeBind?.({ route: 'iommufd', fd: deviceFd, path });
-      const bind = encode(vfio_device_bind_iommufd, { argsz: vfio_device_bind_iommufd.size, iommufd: this.fd });
-      calls.ioctl('VFIO_DEVICE_BIND_IOMMUFD', deviceFd, VFIO.DEVICE_BIND_IOMMUFD, bind);
-      const devid = decode(vfio_device_bind_iommufd, bind).out_devid;
+      const { devid } = bindIommufd(calls, deviceFd, this.fd);
       // Bound: the device is ours from here on; a failure below is reported, never a reason to fall back.
       const ioas = this.ioas(calls);
-      const attach = encode(vfio_device_attach_iommufd_pt, { argsz: vfio_device_attach_iommufd_pt.size, pt_id: ioas });
-      calls.ioctl('VFIO_DEVICE_ATTACH_IOMMUFD_PT', deviceFd, VFIO.DEVICE_ATTACH_IOMMUFD_PT, attach);
-      const hwpt = decode(vfio_device_attach_iommufd_pt, attach).pt_id;
+      const hwpt = attachIommufdPt(calls, deviceFd, ioas).ptId;
       fds.release();
       return {
         deviceFd,
@@ -86,12 +64,12 @@ export class IommufdContext extends IommuContext {
         ids: { devid, ioas, hwpt },
         release: () => {
           if (!passed) closeQuietly(this.kernel, deviceFd);
-          else detach(this.kernel, deviceFd); // a lent device fd leaves our IOAS, and stays open
+          else quietly(() => detachIommufdPt(this.steps(), deviceFd)); // a lent device fd leaves our IOAS, and stays open
         },
       };
     } catch (e) {
       fds.closeAll();
-      if (passed) detach(this.kernel, passed.fd); // a no-op unless it got attached
+      if (passed) quietly(() => detachIommufdPt(calls, passed.fd)); // a no-op unless it got attached
       throw e;
     }
   }
@@ -102,20 +80,9 @@ export class IommufdContext extends IommuContext {
       return;
     }
     // A lent iommufd stays open: take out what we put in it (our mappings, then our IOAS).
-    for (const m of this.mappings()) {
-      try {
-        this.unmapRaw(m.iova, m.size);
-      } catch {
-        // gone already: the IOAS goes next anyway
-      }
-    }
-    if (this.ioasId !== null) {
-      try {
-        this.kernel.ioctl(this.fd, IOMMU.DESTROY, encode(iommu_destroy, { size: iommu_destroy.size, id: this.ioasId }));
-      } catch {
-        // a device someone else attached to it keeps it alive; it is theirs then
-      }
-    }
+    for (const m of this.mappings()) quietly(() => this.unmapRaw(m.iova, m.size)); // gone already: the IOAS goes next anyway
+    // a device someone else attached to the IOAS keeps it alive; it is theirs then
+    if (this.ioasId !== null) quietly(() => destroy(this.steps(), this.fd, this.ioasId!));
   }
 
   dmaUnavailable(): string | null {
@@ -124,47 +91,18 @@ export class IommufdContext extends IommuContext {
 
   geometry(): { ranges: IovaRange[]; alignment: bigint } {
     const calls = this.steps();
-    const ioas = this.ioas(calls);
-    // The ranges come back through a user pointer, so the array lives in addon memory; a page holds 256.
-    const scratch = calls.run('allocate the IOVA range list', undefined, () => this.kernel.allocDma(4096, false));
-    try {
-      const capacity = scratch.byteLength / iommu_iova_range.size;
-      const arg = encode(iommu_ioas_iova_ranges, {
-        size: iommu_ioas_iova_ranges.size, ioas_id: ioas, num_iovas: capacity, allowed_iovas: this.kernel.addressOf(scratch),
-      });
-      calls.ioctl('IOMMU_IOAS_IOVA_RANGES', this.fd, IOMMU.IOAS_IOVA_RANGES, arg);
-      const out = decode(iommu_ioas_iova_ranges, arg);
-      const bytes = Buffer.from(scratch);
-      const ranges = Array.from({ length: Math.min(out.num_iovas, capacity) }, (_, i) => {
-        const r = decode(iommu_iova_range, bytes, i * iommu_iova_range.size);
-        return { start: r.start, last: r.last };
-      });
-      return { ranges, alignment: out.out_iova_alignment > 0n ? out.out_iova_alignment : 4096n };
-    } finally {
-      this.kernel.unmap(scratch);
-    }
+    const { ranges, alignment } = ioasIovaRanges(calls, this.kernel, this.fd, this.ioas(calls));
+    return { ranges, alignment: alignment > 0n ? alignment : 4096n };
   }
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
     const calls = this.steps();
-    const flags = IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0);
-    const arg = encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags, ioas_id: this.ioas(calls), user_va: vaddr, length: size, iova });
-    calls.ioctl('IOMMU_IOAS_MAP', this.fd, IOMMU.IOAS_MAP, arg);
+    ioasMap(calls, this.fd, { ioasId: this.ioas(calls), vaddr, iova, length: size, readable, writable });
   }
 
   unmapRaw(iova: bigint, size: bigint): void {
     const calls = this.steps();
-    const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: this.ioas(calls), iova, length: size });
-    calls.ioctl('IOMMU_IOAS_UNMAP', this.fd, IOMMU.IOAS_UNMAP, arg);
-  }
-}
-
-/** Detaches a device fd from its IOAS (VFIO_DEVICE_DETACH_IOMMUFD_PT); answers are ignored. */
-function detach(kernel: Kernel, deviceFd: number): void {
-  try {
-    kernel.ioctl(deviceFd, VFIO.DEVICE_DETACH_IOMMUFD_PT, encode(vfio_device_detach_iommufd_pt, { argsz: vfio_device_detach_iommufd_pt.size }));
-  } catch {
-    // not attached (a failure before ATTACH), or already gone
+    ioasUnmap(calls, this.fd, this.ioas(calls), iova, size);
   }
 }
 
@@ -198,3 +136,18 @@ function openCdev(calls: StepCalls, fds: FdStack, cdev: CdevLocation): { fd: num
     cdev.nodes[0],
   );
 }
+
+/** The iommufd route: /dev/iommu and the device's cdev (/dev/vfio/devices/vfioN). */
+export const IOMMUFD_ROUTE: RouteDescriptor = {
+  name: 'iommufd',
+  node: '/dev/iommu',
+  openStep: 'open /dev/iommu',
+  nodeDevAttr: '/sys/class/misc/iommu/dev',
+  unsafeInterruptsModule: 'iommufd',
+  fds: { context: 'iommufd', device: 'device' },
+  deviceNode: (loc) => (loc.cdev ? `/dev/vfio/devices/${loc.cdev.name}` : null),
+  deviceDevnum: (_kernel, loc) => (loc.cdev?.devnum ? makedev(loc.cdev.devnum.major, loc.cdev.devnum.minor) : null),
+  visible: (kernel, loc) => loc.cdev?.devnum != null && kernel.exists('/dev/iommu') && loc.cdev.nodes.some((n) => kernel.exists(n)),
+  open: (kernel, log) => IommufdContext.open(kernel, log),
+  adopt: (kernel, log, passed) => IommufdContext.adopt(kernel, log, passed),
+};

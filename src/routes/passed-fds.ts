@@ -4,6 +4,9 @@
 import { BadFdError } from '../errors.js';
 import { readDevnum, type DeviceLocation } from '../discovery/locate.js';
 import { isSysError, major, makedev, minor, type Kernel } from '../sys/kernel.js';
+import type { Step } from '../sys/steps.js';
+import { ROUTES } from './index.js';
+import type { RouteName } from './names.js';
 
 export interface PassedFds {
   /** the device's VFIO cdev (iommufd route) */
@@ -25,48 +28,55 @@ function devnumAt(kernel: Kernel, path: string): number | null {
 const devString = (rdev: number): string => `${major(rdev)}:${minor(rdev)}`;
 
 /** Checks one fd; throws BadFdError naming it. */
-function checkFd(kernel: Kernel, fd: number, role: string, expected: number | null, expectedName: string): void {
+function checkFd(kernel: Kernel, fd: number, role: keyof PassedFds, expected: number | null, expectedName: string): void {
+  const step: Step = `check ${role} fd`;
   if (!Number.isInteger(fd) || fd < 0) throw new BadFdError(`the ${role} fd ${fd} is not a file descriptor number`);
   let st;
   try {
     st = kernel.fstat(fd);
   } catch (e) {
-    if (isSysError(e)) throw new BadFdError(`fd ${fd}, given as the ${role} fd, is not open (${e.code})`, { errno: e.code, step: `check ${role} fd` });
+    if (isSysError(e)) throw new BadFdError(`fd ${fd}, given as the ${role} fd, is not open (${e.code})`, { errno: e.code, step });
     throw e;
   }
   if (!st.isCharacterDevice) {
-    throw new BadFdError(`fd ${fd}, given as the ${role} fd, is not a character device`, { errno: 'EBADFD', step: `check ${role} fd` });
+    throw new BadFdError(`fd ${fd}, given as the ${role} fd, is not a character device`, { errno: 'EBADFD', step });
   }
   if (expected === null) {
-    throw new BadFdError(`cannot check fd ${fd} as the ${role} fd: sysfs gives no device number for ${expectedName}`, { errno: 'EBADFD', step: `check ${role} fd` });
+    throw new BadFdError(`cannot check fd ${fd} as the ${role} fd: sysfs gives no device number for ${expectedName}`, { errno: 'EBADFD', step });
   }
   if (st.rdev !== expected) {
     throw new BadFdError(`fd ${fd}, given as the ${role} fd, is device ${devString(st.rdev)}, not ${expectedName} (${devString(expected)})`, {
-      errno: 'EBADFD', step: `check ${role} fd`,
+      errno: 'EBADFD', step,
     });
   }
 }
 
+/** How each route's pair of fds is named in the errors. */
+const PAIR: Record<RouteName, { lacksDevice: string; lacksContext: string; device: (loc: DeviceLocation) => string }> = {
+  iommufd: {
+    lacksDevice: 'an iommufd fd needs the device (cdev) fd too',
+    lacksContext: 'a device (cdev) fd needs an iommufd fd (or an iommufd context)',
+    device: (loc) => `${loc.name}'s cdev`,
+  },
+  legacy: {
+    lacksDevice: 'a container fd needs the group fd too',
+    lacksContext: 'a group fd needs a container fd (or a legacy context)',
+    device: (loc) => (loc.group ? loc.group.node : `${loc.name}'s group (it has none)`),
+  },
+};
+
 /** Which route the fds are for, after checking each against what sysfs says it should be. */
-export function checkPassedFds(kernel: Kernel, loc: DeviceLocation, fds: PassedFds, contextRoute: 'iommufd' | 'legacy' | null): 'iommufd' | 'legacy' {
-  const cdevMode = fds.device !== undefined || fds.iommufd !== undefined;
-  const groupMode = fds.group !== undefined || fds.container !== undefined;
-  if (cdevMode === groupMode) {
+export function checkPassedFds(kernel: Kernel, loc: DeviceLocation, fds: PassedFds, contextRoute: RouteName | null): RouteName {
+  const given = (name: RouteName): boolean => fds[ROUTES[name].fds.device] !== undefined || fds[ROUTES[name].fds.context] !== undefined;
+  if (given('iommufd') === given('legacy')) {
     throw new BadFdError('pass either the device (cdev) fd with an iommufd, or the group fd with a container fd');
   }
-  if (cdevMode) {
-    if (fds.device === undefined) throw new BadFdError('an iommufd fd needs the device (cdev) fd too');
-    if (fds.iommufd === undefined && contextRoute !== 'iommufd') throw new BadFdError('a device (cdev) fd needs an iommufd fd (or an iommufd context)');
-    const cdev = loc.cdev?.devnum ? makedev(loc.cdev.devnum.major, loc.cdev.devnum.minor) : null;
-    checkFd(kernel, fds.device, 'device', cdev, `${loc.name}'s cdev`);
-    if (fds.iommufd !== undefined) checkFd(kernel, fds.iommufd, 'iommufd', devnumAt(kernel, '/sys/class/misc/iommu/dev'), '/dev/iommu');
-    return 'iommufd';
-  }
-  if (fds.group === undefined) throw new BadFdError('a container fd needs the group fd too');
-  if (fds.container === undefined && contextRoute !== 'legacy') throw new BadFdError('a group fd needs a container fd (or a legacy context)');
-  const g = loc.group;
-  const groupDev = g ? devnumAt(kernel, `/sys/class/vfio/${g.noiommu ? 'noiommu-' : ''}${g.id}/dev`) : null;
-  checkFd(kernel, fds.group, 'group', groupDev, g ? g.node : `${loc.name}'s group (it has none)`);
-  if (fds.container !== undefined) checkFd(kernel, fds.container, 'container', devnumAt(kernel, '/sys/class/misc/vfio/dev'), '/dev/vfio/vfio');
-  return 'legacy';
+  const r = ROUTES[given('iommufd') ? 'iommufd' : 'legacy'];
+  const deviceFd = fds[r.fds.device];
+  const contextFd = fds[r.fds.context];
+  if (deviceFd === undefined) throw new BadFdError(PAIR[r.name].lacksDevice);
+  if (contextFd === undefined && contextRoute !== r.name) throw new BadFdError(PAIR[r.name].lacksContext);
+  checkFd(kernel, deviceFd, r.fds.device, r.deviceDevnum(kernel, loc), PAIR[r.name].device(loc));
+  if (contextFd !== undefined) checkFd(kernel, contextFd, r.fds.context, devnumAt(kernel, r.nodeDevAttr), r.node);
+  return r.name;
 }

@@ -1,6 +1,9 @@
 // The interface both routes implement, as QEMU's VFIOIOMMUClass has a container and an iommufd
-// backend: a route creates an IOMMU context and binds devices into it.
-import { ClosedError, DeviceBusyError, type RouteName } from '../errors.js';
+// backend: a route's descriptor (filled in at the bottom of each backend, looked up in routes/index.ts)
+// says what it is and opens its IOMMU context, and the context binds devices into it.
+import { ClosedError, DeviceBusyError } from '../errors.js';
+import type { RouteName } from './names.js';
+import type { PassedFds } from './passed-fds.js';
 import type { DmaBuffer } from '../dma/buffer.js';
 import type { IovaRange } from '../dma/iova.js';
 import { DmaMappings, type DmaBackend, type DmaMapOptions, type DmaMapping } from '../dma/mappings.js';
@@ -31,6 +34,34 @@ export interface Binding {
   /** closes the device fd and releases what the context holds for this device (a group reference) */
   release(): void;
 }
+
+/** Everything the rest of the library needs to know of a route, in one place per route. */
+export interface RouteDescriptor {
+  readonly name: RouteName;
+  /** the context's node */
+  readonly node: '/dev/iommu' | '/dev/vfio/vfio';
+  /** the step that opens it */
+  readonly openStep: 'open /dev/iommu' | 'open /dev/vfio/vfio';
+  /** the sysfs dev attribute of that node (a passed fd is checked against it) */
+  readonly nodeDevAttr: string;
+  /** the module whose allow_unsafe_interrupts parameter lets this route accept an IOMMU without interrupt isolation */
+  readonly unsafeInterruptsModule: 'iommufd' | 'vfio_iommu_type1';
+  /** which passed fd is the context node, and which the device side (the cdev, or the group) */
+  readonly fds: { readonly context: keyof PassedFds; readonly device: keyof PassedFds };
+  /** the device-side node of a located device: its cdev, or its group node (null: it has none) */
+  deviceNode(loc: DeviceLocation): string | null;
+  /** the device-side node's device number as sysfs gives it, for checking a passed fd */
+  deviceDevnum(kernel: Kernel, loc: DeviceLocation): number | null;
+  /** whether this route's nodes exist for the device (nothing opened) */
+  visible(kernel: Kernel, loc: DeviceLocation): boolean;
+  /** opens a new, empty context */
+  open(kernel: Kernel, log: Logger): IommuContext;
+  /** a context on a node someone else opened (the caller checked it) */
+  adopt(kernel: Kernel, log: Logger, passed: PassedFd): IommuContext;
+}
+
+/** The module parameter, as it goes on the kernel command line. */
+export const unsafeInterruptsParam = (route: RouteDescriptor): string => `${route.unsafeInterruptsModule}.allow_unsafe_interrupts=1`;
 
 /**
  * An IOMMU context: one iommufd with one IOAS, or one legacy container. Devices bound into the same
@@ -163,3 +194,45 @@ class ProcessHolds {
   }
 }
 export const processHolds = new ProcessHolds();
+
+/**
+ * Everything one bind holds, released in one place, last taken first: the binding (the device fd and
+ * the context's reference for it), this process's claim on the device and its group, and the context
+ * when it was made for this device alone. As QEMU's container owns its groups.
+ */
+export class DeviceHold {
+  private binding: Binding | null = null;
+  private released = false;
+
+  private constructor(
+    readonly context: IommuContext,
+    /** the context was made for this device, and closes with it */
+    readonly ownsContext: boolean,
+    private readonly loc: DeviceLocation,
+  ) {}
+
+  /** Claims the device (and its group) for the context; a refused claim closes a context made for it. */
+  static take(context: IommuContext, ownsContext: boolean, loc: DeviceLocation): DeviceHold {
+    try {
+      processHolds.claim(context, loc.sysfsPath, loc.name, loc.group?.id ?? null);
+    } catch (e) {
+      if (ownsContext) context.close();
+      throw e;
+    }
+    return new DeviceHold(context, ownsContext, loc);
+  }
+
+  /** The device got bound: its binding is released with the hold. */
+  bound(binding: Binding): Binding {
+    this.binding = binding;
+    return binding;
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.binding?.release();
+    processHolds.release(this.loc.sysfsPath, this.loc.group?.id ?? null);
+    if (this.ownsContext) this.context.close();
+  }
+}

@@ -1,11 +1,12 @@
 // The route policy, in one place: which route to try, when the iommufd route's failure means "use the
 // legacy route instead", and what every other answer means for the user. README.md shows the same
-// table (test/unit/fallback-table.test.ts keeps the two equal).
+// table (test/unit/readme.test.ts keeps the two equal).
 import type { DeviceLocation } from '../discovery/locate.js';
 import {
   ClosedError,
   DeviceBusyError,
   DeviceNotFoundError,
+  ExitCode,
   GroupNotViableError,
   KernelError,
   NoRouteError,
@@ -13,16 +14,17 @@ import {
   PermissionDeniedError,
   StepError,
   type Attempt,
-  type RouteName,
+  type ExitCodeValue,
   type VfioError,
   UsageError,
 } from '../errors.js';
-import { checkPassedFds, type PassedFds } from './passed-fds.js';
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
-import { IommufdContext } from './iommufd.js';
-import { CONTAINER_NODE, ContainerContext } from './legacy.js';
-import { processHolds, type BeforeBindHook, type Binding, type IommuContext } from './route.js';
+import type { Step } from '../sys/steps.js';
+import { ROUTES } from './index.js';
+import type { RouteName } from './names.js';
+import { checkPassedFds, type PassedFds } from './passed-fds.js';
+import { DeviceHold, unsafeInterruptsParam, type BeforeBindHook, type Binding, type IommuContext } from './route.js';
 
 export type RoutePolicy = 'auto' | 'iommufd' | 'legacy';
 export const ROUTE_POLICIES: readonly RoutePolicy[] = ['auto', 'iommufd', 'legacy'];
@@ -44,7 +46,7 @@ export type FallbackAction =
   | 'try legacy, keep the error';
 
 export interface FallbackRule {
-  step: string;
+  step: Step;
   /** the errno name, or null for a step that fails without a system call */
   errno: string | null;
   action: FallbackAction;
@@ -90,7 +92,7 @@ export const FALLBACK_TABLE: readonly FallbackRule[] = [
 ];
 
 /** The rule for an iommufd step's answer (a StepError, or one predicted from the nodes), if any. */
-export function findFallbackRule(answer: { step: string; errno: string | null }): FallbackRule | undefined {
+export function findFallbackRule(answer: { step: Step; errno: string | null }): FallbackRule | undefined {
   return FALLBACK_TABLE.find((r) => r.step === answer.step && r.errno === answer.errno);
 }
 
@@ -114,7 +116,7 @@ function hostFacts(kernel: Kernel, loc: DeviceLocation): Facts {
 /** What the route report says of a fallback. */
 export interface FallbackReport {
   from: 'iommufd';
-  step: string;
+  step: Step;
   errno: string | null;
   path?: string;
   reason: string;
@@ -132,9 +134,8 @@ export interface BindRequest {
 
 export interface BoundRoute {
   route: RouteName;
-  context: IommuContext;
-  /** the context was created for this device and closes with it */
-  ownsContext: boolean;
+  /** what the bind holds: its context (and whether it was made for this device), the claims, the binding */
+  hold: DeviceHold;
   binding: Binding;
   fallback: FallbackReport | null;
 }
@@ -163,7 +164,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
         // A cdev binds once per open file and the kernel has no unbind: a lent fd that was bound
         // before (by us or its owner) answers EINVAL like a device someone else holds.
         throw new DeviceBusyError(`the device fd passed for ${loc.name} is bound already, or another opener holds the device (VFIO_DEVICE_BIND_IOMMUFD answered EINVAL)`, {
-          errno: e.errno, route, step: e.step, attempts: [e.attempt], cause: e,
+          ...e.details(),
           hint: 'a VFIO cdev binds once per open: pass a newly opened fd of /dev/vfio/devices/vfioN',
         });
       }
@@ -190,7 +191,7 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
       throw new PermissionDeniedError(
         `this user may open neither the iommufd nodes nor the group node of ${loc.name}` +
           ` (${e.path ?? e.step}: ${e.errno}; ${loc.group?.node ?? 'no group'}: not accessible)`,
-        { errno: e.errno, route: 'iommufd', step: e.step, path: e.path, attempts: [e.attempt], hint: permissionHint(loc) },
+        { ...e.details(), hint: permissionHint(loc) },
       );
     }
     const fallback: FallbackReport = { from: 'iommufd', step: e.step, errno: e.errno, ...(e.path ? { path: e.path } : {}), reason: rule.reason(facts) };
@@ -214,23 +215,17 @@ export function bindDevice(loc: DeviceLocation, req: BindRequest): BoundRoute {
 /** One route, in the given context or a new one that is closed again if the bind fails. */
 function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallback: FallbackReport | null): BoundRoute {
   if (req.context?.closed) throw new ClosedError(`cannot bind ${loc.name} into a closed ${req.context.route} context`);
-  const own = !req.context;
+  const r = ROUTES[route];
   const fds = req.passed?.fds;
-  const context = req.context ?? (route === 'iommufd'
-    ? (fds?.iommufd !== undefined ? IommufdContext.adopt(req.kernel, req.log, { fd: fds.iommufd }) : IommufdContext.open(req.kernel, req.log))
-    : (fds?.container !== undefined ? ContainerContext.adopt(req.kernel, req.log, { fd: fds.container }) : ContainerContext.open(req.kernel, req.log)));
-  const passedFd = fds ? (route === 'iommufd' ? fds.device : fds.group) : undefined;
+  const contextFd = fds?.[r.fds.context];
+  const deviceFd = fds?.[r.fds.device];
+  const context = req.context ?? (contextFd !== undefined ? r.adopt(req.kernel, req.log, { fd: contextFd }) : r.open(req.kernel, req.log));
+  const hold = DeviceHold.take(context, !req.context, loc);
   try {
-    processHolds.claim(context, loc.sysfsPath, loc.name, loc.group?.id ?? null);
-    try {
-      const binding = context.bind(loc, req.beforeBind, passedFd === undefined ? undefined : { fd: passedFd });
-      return { route, context, ownsContext: own, binding, fallback };
-    } catch (e) {
-      processHolds.release(loc.sysfsPath, loc.group?.id ?? null);
-      throw e;
-    }
+    const binding = hold.bound(context.bind(loc, req.beforeBind, deviceFd === undefined ? undefined : { fd: deviceFd }));
+    return { route, hold, binding, fallback };
   } catch (e) {
-    if (own) context.close();
+    hold.release();
     throw e;
   }
 }
@@ -266,19 +261,13 @@ function moveToVfioHint(name: string): string {
 const busyHint = (): string => 'find the owner with `fuser -v /dev/vfio/* /dev/vfio/devices/*`; it releases the device when it exits';
 
 function permissionHint(loc: DeviceLocation): string {
-  const nodes = ['/dev/iommu', loc.cdev ? `/dev/vfio/devices/${loc.cdev.name}` : null, '/dev/vfio/vfio', loc.group?.node].filter(Boolean);
+  const nodes = Object.values(ROUTES).flatMap((r) => [r.node, r.deviceNode(loc)]).filter(Boolean);
   return `run as root, or give this user read-write access to ${nodes.join(', ')} (a udev rule or chown)`;
 }
 
-/** The module parameter that lets each route accept an IOMMU without interrupt isolation. */
-export const UNSAFE_INTERRUPTS_PARAM: Record<RouteName, string> = {
-  iommufd: 'iommufd.allow_unsafe_interrupts=1',
-  legacy: 'vfio_iommu_type1.allow_unsafe_interrupts=1',
-};
-
 /** Turns a step's errno into the public error a user can act on. */
 export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy: RoutePolicy, attempts: Attempt[]): VfioError {
-  const base = { errno: e.errno, route: e.route, step: e.step, path: e.path, attempts, cause: e };
+  const base = e.details(attempts);
   const where = `${e.route} route, ${e.step}${e.path && !e.step.includes(e.path) ? ` (${e.path})` : ''}`;
   const rule = findFallbackRule(e);
   if (e.errno === 'EBUSY') {
@@ -300,7 +289,7 @@ export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy:
       const shared = (loc.group?.members.length ?? 0) > 1 ? ', or another process holds a device of the same IOMMU group' : '';
       return new NoRouteError(
         `the IOMMU gives ${loc.name} no interrupt isolation (MSI remapping)${shared} (${where} answered EPERM)`,
-        { ...base, hint: `enable interrupt remapping, or accept the risk with the module parameter ${UNSAFE_INTERRUPTS_PARAM[e.route]}` },
+        { ...base, hint: `enable interrupt remapping, or accept the risk with the module parameter ${unsafeInterruptsParam(ROUTES[e.route])}` },
       );
     }
     return new PermissionDeniedError(`operation not permitted: ${where}`, { ...base, hint: permissionHint(loc) });
@@ -325,7 +314,7 @@ export function explain(e: StepError, loc: DeviceLocation, facts: Facts, policy:
       ...base, hint: loc.group?.noiommu ? 'this kernel runs VFIO without noiommu support for this group' : 'load the type1 IOMMU driver: modprobe vfio_iommu_type1',
     });
   }
-  if (e.step === 'open /dev/vfio/vfio' && e.errno === 'ENOENT') {
+  if (e.step === ROUTES.legacy.openStep && e.errno === 'ENOENT') {
     return new NoRouteError(`the legacy route is unavailable: ${e.path} does not exist (the vfio module is not loaded, or the kernel has no CONFIG_VFIO_CONTAINER)`, {
       ...base, hint: 'load vfio-pci (modprobe vfio-pci)',
     });
@@ -343,6 +332,8 @@ export interface RoutePrediction {
   reason: string;
   /** the iommufd step that would send `auto` to the legacy route */
   fallback: FallbackReport | null;
+  /** what a bind would exit with when no route is left: 0 with a route, else the README's code */
+  exitCode: ExitCodeValue;
 }
 
 /**
@@ -353,28 +344,31 @@ export function predictRoute(kernel: Kernel, loc: DeviceLocation): RoutePredicti
   try {
     checkBindable(loc);
   } catch (e) {
-    return { route: null, reason: (e as Error).message, fallback: null };
+    return { route: null, reason: (e as VfioError).message, fallback: null, exitCode: (e as VfioError).exitCode };
   }
   const f = hostFacts(kernel, loc);
-  const unavailable = (step: string, errno: string | null, path?: string): FallbackReport => {
+  const unavailable = (step: Step, errno: string | null, path?: string): FallbackReport => {
     const rule = findFallbackRule({ step, errno })!;
     return { from: 'iommufd', step, errno, ...(path ? { path } : {}), reason: rule.reason(f) };
   };
+  const iommu = ROUTES.iommufd.node;
   let fallback: FallbackReport | null = null;
-  if (!kernel.exists('/dev/iommu')) fallback = unavailable('open /dev/iommu', 'ENOENT', '/dev/iommu');
-  else if (!kernel.accessible('/dev/iommu')) fallback = unavailable('open /dev/iommu', 'EACCES', '/dev/iommu');
+  if (!kernel.exists(iommu)) fallback = unavailable(ROUTES.iommufd.openStep, 'ENOENT', iommu);
+  else if (!kernel.accessible(iommu)) fallback = unavailable(ROUTES.iommufd.openStep, 'EACCES', iommu);
   else if (!loc.cdev?.devnum) fallback = unavailable('find cdev', null);
   else {
     const node = loc.cdev.nodes.find((n) => kernel.exists(n));
     if (!node) fallback = unavailable('open cdev', 'ENOENT', loc.cdev.nodes[0]);
     else if (!kernel.accessible(node)) fallback = unavailable('open cdev', 'EACCES', node);
   }
-  if (!fallback) return { route: 'iommufd', reason: `the kernel has iommufd and ${loc.name} has a cdev`, fallback: null };
-  if (!loc.group) return { route: null, reason: `${loc.name} has no IOMMU group, and ${fallback.reason}`, fallback };
-  if (!kernel.exists(CONTAINER_NODE)) return { route: null, reason: `${fallback.reason}, and ${CONTAINER_NODE} does not exist`, fallback };
-  if (!kernel.exists(loc.group.node)) return { route: null, reason: `${fallback.reason}, and ${loc.group.node} does not exist`, fallback };
-  if (!f.groupUsable || !kernel.accessible(CONTAINER_NODE)) {
-    return { route: null, reason: `this user may open neither the iommufd nodes nor ${loc.group.node}`, fallback };
+  if (!fallback) return { route: 'iommufd', reason: `the kernel has iommufd and ${loc.name} has a cdev`, fallback: null, exitCode: ExitCode.OK };
+  const none = (reason: string, exitCode: ExitCodeValue = ExitCode.NO_ROUTE): RoutePrediction => ({ route: null, reason, fallback, exitCode });
+  const container = ROUTES.legacy.node;
+  if (!loc.group) return none(`${loc.name} has no IOMMU group, and ${fallback.reason}`);
+  if (!kernel.exists(container)) return none(`${fallback.reason}, and ${container} does not exist`);
+  if (!kernel.exists(loc.group.node)) return none(`${fallback.reason}, and ${loc.group.node} does not exist`);
+  if (!f.groupUsable || !kernel.accessible(container)) {
+    return none(`this user may open neither the iommufd nodes nor ${loc.group.node}`, ExitCode.PERMISSION);
   }
-  return { route: 'legacy', reason: fallback.reason, fallback };
+  return { route: 'legacy', reason: fallback.reason, fallback, exitCode: ExitCode.OK };
 }

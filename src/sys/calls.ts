@@ -1,8 +1,12 @@
 // Route steps as system calls: each call is logged, and a failure becomes a StepError naming the
-// route, the step, the errno and the path, which the route policy then interprets.
-import { StepError, type RouteName } from '../errors.js';
+// route, the step, the errno and the path, which the route policy then interprets. ioctls are issued
+// only by the call layer (src/ioctl), through ioctl() here, by their request's name.
+import { StepError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { RouteName } from '../routes/names.js';
+import { REQUESTS, type RequestName } from '../uapi/requests.js';
 import { isSysError, type Kernel } from './kernel.js';
+import type { Step } from './steps.js';
 
 export class StepCalls {
   private readonly debug: boolean;
@@ -16,7 +20,7 @@ export class StepCalls {
   }
 
   /** Runs one step; a system error becomes a StepError for `step`. */
-  run<T>(step: string, path: string | undefined, fn: () => T): T {
+  run<T>(step: Step, path: string | undefined, fn: () => T): T {
     try {
       const result = fn();
       if (this.debug) this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
@@ -28,16 +32,17 @@ export class StepCalls {
     }
   }
 
-  open(step: string, path: string): number {
+  open(step: Step, path: string): number {
     return this.run(step, path, () => this.kernel.open(path));
   }
 
-  ioctl(step: string, fd: number, request: number, arg?: number | Buffer): number {
-    return this.run(step, undefined, () => this.kernel.ioctl(fd, request, arg));
+  /** One ioctl, named as in the kernel headers; the name is the step. */
+  ioctl(name: RequestName, fd: number, arg?: number | Buffer): number {
+    return this.run(name, undefined, () => this.kernel.ioctl(fd, REQUESTS[name], arg));
   }
 
   /** A step that fails without a system call (a missing sysfs entry, a mismatched node). */
-  fail(step: string, errno: string | null, message: string, path?: string): never {
+  fail(step: Step, errno: string | null, message: string, path?: string): never {
     this.log.debug({ route: this.route, step, path, errno }, message);
     throw new StepError(this.route, step, errno, message, path);
   }
@@ -78,5 +83,14 @@ export function closeQuietly(kernel: Kernel, fd: number): void {
     kernel.close(fd);
   } catch {
     // Nothing useful to do: the fd is gone either way (close never leaves it open on Linux).
+  }
+}
+
+/** Runs a cleanup step whose failure changes nothing (the thing is gone, or was never there). */
+export function quietly(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // a cleanup answer: nothing of ours is left either way
   }
 }

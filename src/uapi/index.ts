@@ -3,3 +3,4 @@ export * from './ioctl.js';
 export * from './struct.js';
 export * from './vfio.js';
 export * from './iommufd.js';
+export * from './requests.js';

@@ -2,7 +2,8 @@
 // without opening anything.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { listDevices, locateDevice, visibleRoutes, vfioSafeDriver, whyNoVfio } from '../../src/discovery/locate.js';
+import { listDevices, locateDevice, vfioSafeDriver, whyNoVfio } from '../../src/discovery/locate.js';
+import { visibleRoutes } from '../../src/routes/index.js';
 import { DeviceNotFoundError, UsageError } from '../../src/errors.js';
 import { EDU, FakeKernel, RDEV, TESTDEV } from '../fake-kernel.js';
 import { catchError } from '../helpers.js';

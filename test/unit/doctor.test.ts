@@ -262,7 +262,11 @@ describe('doctor: the JSON document', () => {
         const d = r.device as Record<string, unknown> | null;
         if (d) {
           assert.deepEqual(Object.keys(d), ['name', 'driver', 'group', 'prediction']);
-          assert.deepEqual(Object.keys(d.prediction as object), ['route', 'reason', 'fallback']);
+          assert.deepEqual(Object.keys(d.prediction as object), ['route', 'reason', 'fallback', 'exitCode']);
+          const p = d.prediction as { route: string | null; exitCode: number };
+          // the prediction carries its exit code: 0 with a route, the route check's code without one
+          if (p.route) assert.equal(p.exitCode, 0);
+          else assert.equal(p.exitCode, (r.checks as Check[]).find((c) => c.id === 'route')!.exitCode);
         }
       }
     });

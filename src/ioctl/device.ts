@@ -1,0 +1,119 @@
+// The call layer for a bound device's fd: info, regions, interrupts, reset, hot-reset info. One typed
+// function per ioctl; the device layer (src/device) turns the answers into its own types.
+import type { StepCalls } from '../sys/calls.js';
+import { decode, encode } from '../uapi/struct.js';
+import {
+  VFIO_IRQ_SET,
+  VFIO_PCI_HOT_RESET_FLAG,
+  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  VFIO_REGION_INFO_CAP_TYPE,
+  VFIO_REGION_INFO_FLAG,
+  capabilities,
+  vfio_device_info,
+  vfio_irq_info,
+  vfio_irq_set,
+  vfio_pci_dependent_device,
+  vfio_pci_hot_reset_info,
+  vfio_region_info,
+  vfio_region_info_cap_sparse_mmap,
+  vfio_region_info_cap_type,
+  vfio_region_sparse_mmap_area,
+} from '../uapi/vfio.js';
+import { ioctlWithRoom } from './room.js';
+
+/** VFIO_DEVICE_GET_INFO. */
+export function deviceGetInfo(calls: StepCalls, deviceFd: number): { flags: number; numRegions: number; numIrqs: number } {
+  const buf = encode(vfio_device_info, { argsz: vfio_device_info.size });
+  calls.ioctl('VFIO_DEVICE_GET_INFO', deviceFd, buf);
+  const info = decode(vfio_device_info, buf);
+  return { flags: info.flags, numRegions: info.num_regions, numIrqs: info.num_irqs };
+}
+
+export interface RawRegionInfo {
+  /** VFIO_REGION_INFO_FLAG_* */
+  flags: number;
+  size: bigint;
+  offset: bigint;
+  /** VFIO_REGION_INFO_CAP_SPARSE_MMAP: the parts that may be mmapped */
+  sparseMmap: { offset: bigint; size: bigint }[] | null;
+  /** VFIO_REGION_INFO_CAP_TYPE */
+  type: { type: number; subtype: number } | null;
+}
+
+/** VFIO_DEVICE_GET_REGION_INFO with its capability chain. */
+export function deviceGetRegionInfo(calls: StepCalls, deviceFd: number, index: number): RawRegionInfo {
+  const buf = ioctlWithRoom(calls, 'VFIO_DEVICE_GET_REGION_INFO', deviceFd,
+    (size) => encode(vfio_region_info, { argsz: size, index }, size), vfio_region_info.size,
+    (answer) => {
+      const info = decode(vfio_region_info, answer);
+      return (info.flags & VFIO_REGION_INFO_FLAG.CAPS) !== 0 ? info.argsz : 0;
+    });
+  const info = decode(vfio_region_info, buf);
+  const region: RawRegionInfo = { flags: info.flags, size: info.size, offset: info.offset, sparseMmap: null, type: null };
+  if ((info.flags & VFIO_REGION_INFO_FLAG.CAPS) === 0) return region;
+  for (const cap of capabilities(buf, info.cap_offset)) {
+    if (cap.id === VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
+      const n = decode(vfio_region_info_cap_sparse_mmap, buf, cap.at).nr_areas;
+      region.sparseMmap = [];
+      for (let i = 0; i < n; i++) {
+        const at = cap.at + vfio_region_info_cap_sparse_mmap.size + i * vfio_region_sparse_mmap_area.size;
+        if (at + vfio_region_sparse_mmap_area.size > buf.length) break;
+        region.sparseMmap.push(decode(vfio_region_sparse_mmap_area, buf, at));
+      }
+    } else if (cap.id === VFIO_REGION_INFO_CAP_TYPE) {
+      const t = decode(vfio_region_info_cap_type, buf, cap.at);
+      region.type = { type: t.type, subtype: t.subtype };
+    }
+  }
+  return region;
+}
+
+/** VFIO_DEVICE_GET_IRQ_INFO. */
+export function deviceGetIrqInfo(calls: StepCalls, deviceFd: number, index: number): { flags: number; count: number } {
+  const buf = encode(vfio_irq_info, { argsz: vfio_irq_info.size, index });
+  calls.ioctl('VFIO_DEVICE_GET_IRQ_INFO', deviceFd, buf);
+  const info = decode(vfio_irq_info, buf);
+  return { flags: info.flags, count: info.count };
+}
+
+/** VFIO_DEVICE_SET_IRQS with eventfds (or -1 to leave a vector unwired) for vectors start.. */
+export function setIrqEventfds(calls: StepCalls, deviceFd: number, index: number, start: number, eventfds: number[]): void {
+  const size = vfio_irq_set.size + 4 * eventfds.length;
+  const buf = encode(vfio_irq_set, { argsz: size, flags: VFIO_IRQ_SET.DATA_EVENTFD | VFIO_IRQ_SET.ACTION_TRIGGER, index, start, count: eventfds.length }, size);
+  eventfds.forEach((efd, i) => buf.writeInt32LE(efd, vfio_irq_set.size + 4 * i));
+  calls.ioctl('VFIO_DEVICE_SET_IRQS', deviceFd, buf);
+}
+
+/** VFIO_DEVICE_SET_IRQS with no data: disable an index (TRIGGER, count 0) or unmask vectors (UNMASK). */
+export function setIrqNone(calls: StepCalls, deviceFd: number, index: number, action: 'disable' | 'unmask', start = 0, count = 0): void {
+  const flags = VFIO_IRQ_SET.DATA_NONE | (action === 'disable' ? VFIO_IRQ_SET.ACTION_TRIGGER : VFIO_IRQ_SET.ACTION_UNMASK);
+  calls.ioctl('VFIO_DEVICE_SET_IRQS', deviceFd, encode(vfio_irq_set, { argsz: vfio_irq_set.size, flags, index, start, count: action === 'disable' ? 0 : count }));
+}
+
+/** VFIO_DEVICE_RESET. */
+export function deviceReset(calls: StepCalls, deviceFd: number): void {
+  calls.ioctl('VFIO_DEVICE_RESET', deviceFd);
+}
+
+export interface DependentDevice {
+  segment: number;
+  bus: number;
+  devfn: number;
+  /** a group id, or (with byDevid) a devid in the caller's iommufd, 0xffffffff when not the caller's */
+  id: number;
+}
+
+/** VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a bus reset of this one would reset too. */
+export function deviceGetPciHotResetInfo(calls: StepCalls, deviceFd: number): { byDevid: boolean; devices: DependentDevice[] } {
+  const header = vfio_pci_hot_reset_info.size;
+  const buf = ioctlWithRoom(calls, 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO', deviceFd,
+    (size) => encode(vfio_pci_hot_reset_info, { argsz: size }, size), header,
+    (answer) => header + decode(vfio_pci_hot_reset_info, answer).count * vfio_pci_dependent_device.size,
+    { enospc: true });
+  const info = decode(vfio_pci_hot_reset_info, buf);
+  const devices = Array.from({ length: info.count }, (_, i) => {
+    const d = decode(vfio_pci_dependent_device, buf, header + i * vfio_pci_dependent_device.size);
+    return { segment: d.segment, bus: d.bus, devfn: d.devfn, id: d.group_id };
+  });
+  return { byDevid: (info.flags & VFIO_PCI_HOT_RESET_FLAG.DEV_ID) !== 0, devices };
+}

@@ -1,0 +1,64 @@
+// The layers, read from the source: every import runs down (uapi < sys < ioctl and discovery < dma <
+// routes < device < host < cli), and only the call layer (src/ioctl) builds structs and issues ioctls.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const ROOT = path.resolve(import.meta.dirname, '../../..');
+const SRC = path.join(ROOT, 'src');
+
+function files(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    return e.isDirectory() ? files(p) : e.name.endsWith('.ts') ? [p] : [];
+  });
+}
+
+/** The layer of a source file: its folder under src/, or the file itself for the few at the top. */
+const LAYER: Record<string, number> = {
+  'uapi': 0, 'errors.ts': 0, 'log.ts': 0, 'package.ts': 0,
+  'sys': 1,
+  'ioctl': 2, 'discovery': 2,
+  'dma': 3,
+  'routes': 4,
+  'device': 5,
+  'host': 6,
+  'cli': 7, 'index.ts': 7,
+};
+const layerOf = (file: string): [string, number] => {
+  const top = path.relative(SRC, file).split(path.sep)[0]!;
+  const layer = LAYER[top];
+  assert.ok(layer !== undefined, `src/${top} has no layer in this test: add it`);
+  return [top, layer];
+};
+
+/** Value imports (type-only imports carry no code, and may name a type from anywhere). */
+function valueImports(file: string): string[] {
+  const text = fs.readFileSync(file, 'utf8');
+  return [...text.matchAll(/^import\s+(?!type\s)[^;]*?from\s+'(\.[^']+)';/gms)].map((m) => path.resolve(path.dirname(file), m[1]!.replace(/\.js$/, '.ts')));
+}
+
+test('every import of src/ runs down the layers, never up', () => {
+  const upward: string[] = [];
+  for (const file of files(SRC)) {
+    const [from, mine] = layerOf(file);
+    for (const target of valueImports(file)) {
+      const [to, theirs] = layerOf(target);
+      if (theirs > mine) upward.push(`${path.relative(ROOT, file)} (${from}) imports ${path.relative(ROOT, target)} (${to})`);
+    }
+  }
+  assert.deepEqual(upward, []);
+});
+
+test('only the call layer (src/ioctl) builds kernel structs and issues ioctls', () => {
+  const offenders: string[] = [];
+  for (const file of files(SRC)) {
+    const rel = path.relative(SRC, file);
+    if (/^(ioctl|uapi|sys)\//.test(rel)) continue;
+    const text = fs.readFileSync(file, 'utf8');
+    if (/from '[./]+uapi\/struct\.js'/.test(text)) offenders.push(`${rel}: imports uapi/struct`);
+    if (/\.ioctl\(/.test(text)) offenders.push(`${rel}: issues an ioctl`);
+  }
+  assert.deepEqual(offenders, []);
+});
