@@ -60,6 +60,7 @@ export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from '.
 export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
 export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice } from './device/device.js';
 export { PciFunction } from './device/pci.js';
+export type { MigrationSupport, MigrationFlag } from './device/migration.js';
 export type { RouteName } from './routes/names.js';
 export { ROUTES, visibleRoutes } from './routes/index.js';
 export type { RouteDescriptor } from './routes/route.js';

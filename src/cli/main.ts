@@ -149,9 +149,11 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
     const regions = device.regions();
     const irqs = device.irqs();
     const pci = info.flags.includes('PCI') ? device.pciIds() : null;
+    const migration = device.migration();
     if (argv.json) {
       out(JSON.stringify({
         report: device.report,
+        migration,
         ...(pci ? { pci: { vendor: hexId(pci.vendor, 4), device: hexId(pci.device, 4), class: hexId(pci.class, 6) } } : {}),
         regions: regions.map((r) => ({ ...r, size: r.size.toString(), offset: r.offset.toString(),
           sparseMmap: r.sparseMmap?.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })) ?? null })),
@@ -160,6 +162,7 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
     } else {
       out(formatReport(device.report));
       if (pci) out(`  pci:    ${hexId(pci.vendor, 4)}:${hexId(pci.device, 4)} class ${hexId(pci.class, 6)}`);
+      out(`  migration: ${migration ? migration.flags.join(', ') : 'none'}`);
       out('');
       out(formatRegions(regions.filter((r) => r.size > 0n)));
       out('');

@@ -14,6 +14,7 @@ import { VFIO_DEVICE_FLAGS } from '../uapi/vfio.js';
 import type { PciCapability, PciIds } from './config.js';
 import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.js';
 import { RegionMapping } from './mmio.js';
+import { readMigration, type MigrationSupport } from './migration.js';
 import { PciFunction } from './pci.js';
 import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
 import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
@@ -275,6 +276,12 @@ export class VfioDevice implements Disposable {
   reset(): void {
     this.assertOpen();
     this.kernelStep(() => resetDevice(this.calls(), this.bound.binding.deviceFd, this.name, this.cachedInfo.flags.includes('RESET')));
+  }
+
+  /** What the device's migration supports (STOP_COPY, P2P, PRE_COPY), or null when it has none. */
+  migration(): MigrationSupport | null {
+    this.assertOpen();
+    return this.kernelStep(() => readMigration(this.calls(), this.bound.binding.deviceFd));
   }
 
   /** Which devices a PCI hot (bus) reset of this device would reset too (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */

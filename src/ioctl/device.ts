@@ -1,14 +1,19 @@
 // The call layer for a bound device's fd: info, regions, interrupts, reset, hot-reset info. One typed
 // function per ioctl; the device layer (src/device) turns the answers into its own types.
+import { StepError } from '../errors.js';
 import type { StepCalls } from '../sys/calls.js';
 import { decode, encode } from '../uapi/struct.js';
 import {
+  VFIO_DEVICE_FEATURE_FLAG,
+  VFIO_DEVICE_FEATURE_INDEX,
   VFIO_IRQ_SET,
   VFIO_PCI_HOT_RESET_FLAG,
   VFIO_REGION_INFO_CAP_SPARSE_MMAP,
   VFIO_REGION_INFO_CAP_TYPE,
   VFIO_REGION_INFO_FLAG,
   capabilities,
+  vfio_device_feature,
+  vfio_device_feature_migration,
   vfio_device_info,
   vfio_irq_info,
   vfio_irq_set,
@@ -116,4 +121,29 @@ export function deviceGetPciHotResetInfo(calls: StepCalls, deviceFd: number): { 
     return { segment: d.segment, bus: d.bus, devfn: d.devfn, id: d.group_id };
   });
   return { byDevid: (info.flags & VFIO_PCI_HOT_RESET_FLAG.DEV_ID) !== 0, devices };
+}
+
+/**
+ * VFIO_DEVICE_FEATURE with PROBE: whether the device offers a feature for the given operations. The
+ * kernel answers 0 when it does and ENOTTY when the device lacks the feature: that answer is the
+ * probe's result, not a failure.
+ */
+export function deviceFeatureProbe(calls: StepCalls, deviceFd: number, feature: keyof typeof VFIO_DEVICE_FEATURE_INDEX, ops: 'get' | 'set' | 'get+set'): boolean {
+  const want = (ops === 'set' ? 0 : VFIO_DEVICE_FEATURE_FLAG.GET) | (ops === 'get' ? 0 : VFIO_DEVICE_FEATURE_FLAG.SET);
+  const flags = VFIO_DEVICE_FEATURE_INDEX[feature] | VFIO_DEVICE_FEATURE_FLAG.PROBE | want;
+  try {
+    calls.ioctl('VFIO_DEVICE_FEATURE', deviceFd, encode(vfio_device_feature, { argsz: vfio_device_feature.size, flags }));
+    return true;
+  } catch (e) {
+    if (e instanceof StepError && e.errno === 'ENOTTY') return false;
+    throw e;
+  }
+}
+
+/** VFIO_DEVICE_FEATURE GET of VFIO_DEVICE_FEATURE_MIGRATION: the device's VFIO_MIGRATION_* flags. */
+export function deviceFeatureGetMigration(calls: StepCalls, deviceFd: number): { flags: bigint } {
+  const size = vfio_device_feature.size + vfio_device_feature_migration.size;
+  const buf = encode(vfio_device_feature, { argsz: size, flags: VFIO_DEVICE_FEATURE_INDEX.MIGRATION | VFIO_DEVICE_FEATURE_FLAG.GET }, size);
+  calls.ioctl('VFIO_DEVICE_FEATURE', deviceFd, buf);
+  return { flags: decode(vfio_device_feature_migration, buf, vfio_device_feature.size).flags };
 }

@@ -28,6 +28,7 @@ export const VFIO = {
   IOMMU_GET_INFO: vfio(12), // same number as GET_PCI_HOT_RESET_INFO: one is sent to a container, one to a device
   IOMMU_MAP_DMA: vfio(13),
   IOMMU_UNMAP_DMA: vfio(14),
+  DEVICE_FEATURE: vfio(17),
   DEVICE_BIND_IOMMUFD: vfio(18),
   DEVICE_ATTACH_IOMMUFD_PT: vfio(19),
   DEVICE_DETACH_IOMMUFD_PT: vfio(20),
@@ -80,6 +81,13 @@ export const VFIO_IOMMU_INFO_PGSIZES = 1 << 0;
 export const VFIO_IOMMU_INFO_CAPS = 1 << 1;
 export const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1;
 export const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3;
+
+/** VFIO_DEVICE_FEATURE's flags: the feature's index in the low 16 bits, and what is asked of it */
+export const VFIO_DEVICE_FEATURE_FLAG = { MASK: 0xffff, GET: 1 << 16, SET: 1 << 17, PROBE: 1 << 18 } as const;
+/** feature indexes, named as VFIO_DEVICE_FEATURE_<name> */
+export const VFIO_DEVICE_FEATURE_INDEX = { MIGRATION: 1 } as const;
+/** what VFIO_DEVICE_FEATURE_MIGRATION says a device's migration supports */
+export const VFIO_MIGRATION = { STOP_COPY: 1 << 0, P2P: 1 << 1, PRE_COPY: 1 << 2 } as const;
 
 export const vfio_group_status = struct('vfio_group_status', 8, {
   argsz: ['u32', 0], flags: ['u32', 4],
@@ -155,6 +163,10 @@ export const vfio_device_detach_iommufd_pt = struct('vfio_device_detach_iommufd_
   argsz: ['u32', 0], flags: ['u32', 4],
 });
 
+/** followed by the feature's data */
+export const vfio_device_feature = struct('vfio_device_feature', 8, { argsz: ['u32', 0], flags: ['u32', 4] });
+export const vfio_device_feature_migration = struct('vfio_device_feature_migration', 8, { flags: ['u64', 0] });
+
 /** Walks a VFIO info capability chain (offsets from the start of the info buffer; 0 ends it). */
 export function* capabilities(buf: Buffer, first: number): Generator<{ id: number; version: number; at: number }> {
   const seen = new Set<number>();
@@ -173,5 +185,6 @@ export const VFIO_STRUCTS = [
   vfio_region_sparse_mmap_area, vfio_region_info_cap_type, vfio_irq_info, vfio_irq_set, vfio_pci_hot_reset_info,
   vfio_pci_dependent_device, vfio_pci_hot_reset, vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range,
   vfio_iova_range, vfio_iommu_type1_info_dma_avail, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
-  vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt,
+  vfio_device_bind_iommufd, vfio_device_attach_iommufd_pt, vfio_device_detach_iommufd_pt, vfio_device_feature,
+  vfio_device_feature_migration,
 ] as const;

@@ -43,6 +43,9 @@ function expectations(): Map<string, number> {
     ['VFIO_IRQ_SET_', uapi.VFIO_IRQ_SET],
     ['VFIO_DMA_MAP_FLAG_', uapi.VFIO_DMA_MAP_FLAG],
     ['IOMMU_IOAS_MAP_', uapi.IOMMU_IOAS_MAP_FLAG],
+    ['VFIO_DEVICE_FEATURE_', uapi.VFIO_DEVICE_FEATURE_FLAG],
+    ['VFIO_DEVICE_FEATURE_', uapi.VFIO_DEVICE_FEATURE_INDEX],
+    ['VFIO_MIGRATION_', uapi.VFIO_MIGRATION],
   ];
   for (const [prefix, map] of groups) for (const [name, value] of Object.entries(map)) want.set(`${prefix}${name}`, value);
   return want;

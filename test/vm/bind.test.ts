@@ -116,6 +116,7 @@ test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expec
     if (expected!.fallback) assert.match(r.stdout, expected!.fallback.reason);
     assert.match(r.stdout, /pci: +1234:11e8/);
     assert.match(r.stdout, /^BAR0 +0x100000 +rwm/m);
+    assert.match(r.stdout, /^ {2}migration: none$/m, 'edu has no migration');
   }
   // ... and the library underneath, everywhere
   using device = openDevice(EDU);
@@ -125,6 +126,8 @@ test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expec
   assert.equal(bar0.size, 0x100000n);
   assert.equal(bar0.mmappable, true);
   assert.equal(device.region('CONFIG').size > 0n, true);
+  // QEMU's edu has no migration driver: the VFIO_DEVICE_FEATURE probe answers ENOTTY, which reads as none
+  assert.equal(device.migration(), null);
 });
 
 // The cases race.test.ts races in: its SIGKILL case checks the CLI's busy exit (4) there.

@@ -24,3 +24,16 @@ test('an mtty mdev binds by UUID through iommufd, and through legacy', { skip },
   assert.equal(legacy.route, 'legacy');
   assert.ok(legacy.info().regions > 0);
 });
+
+test('mtty reports its migration support (VFIO_DEVICE_FEATURE_MIGRATION) on both routes, as the 6.12 sample sets it', { skip }, () => {
+  const create = '/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create';
+  if (!fs.existsSync(`/sys/bus/mdev/devices/${UUID}`)) fs.writeFileSync(create, UUID);
+  for (const route of ['iommufd', 'legacy'] as const) {
+    using dev = openDevice(UUID, { route });
+    // samples/vfio-mdev/mtty.c: migration_flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY
+    assert.deepEqual(dev.migration(), { flags: ['STOP_COPY', 'P2P', 'PRE_COPY'] }, route);
+  }
+  const r = runCli(['info', UUID, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(json<{ migration: unknown }>(r).migration, { flags: ['STOP_COPY', 'P2P', 'PRE_COPY'] });
+});
