@@ -1,0 +1,27 @@
+// The fake-kernel fixtures the DMA unit tests share (dma, dma-contexts).
+import assert from 'node:assert/strict';
+import { IOMMU } from '../src/uapi/iommufd.js';
+import { VFIO } from '../src/uapi/vfio.js';
+import { FakeKernel } from './fake-kernel.js';
+import { assertNoLeaks } from './helpers.js';
+
+export const K = 4096;
+export const DMA_ROUTES = [
+  { name: 'iommufd', host: (o = {}) => FakeKernel.host(o), mapStep: 'IOMMU_IOAS_MAP', unmapStep: 'IOMMU_IOAS_UNMAP', map: IOMMU.IOAS_MAP },
+  { name: 'legacy', host: (o = {}) => FakeKernel.host({ kernel: 'stock', ...o }), mapStep: 'VFIO_IOMMU_MAP_DMA', unmapStep: 'VFIO_IOMMU_UNMAP_DMA', map: VFIO.IOMMU_MAP_DMA },
+] as const;
+export const INTEL_RANGES = [{ start: 0n, last: 0xfedfffffn }, { start: 0xfef00000n, last: 0x7fffffffffn }];
+export const RANGES_HINT = 'valid IOVA ranges: 0x0-0xfedfffff, 0xfef00000-0x7fffffffff';
+
+/** No fd, no mapping of this process, no IOMMU mapping and no pinned page is left. */
+export function assertClean(k: FakeKernel, what = ''): void {
+  assertNoLeaks(k, what);
+  assert.equal(k.liveMappings(), 0, `mappings left${what ? ` (${what})` : ''}`);
+  assert.deepEqual(k.iommuMappings(), [], `IOMMU mappings left${what ? ` (${what})` : ''}`);
+  assert.equal(k.pinnedBytes(), 0n);
+}
+
+export function mapCalls(k: FakeKernel): number {
+  return k.ioctlNames().filter((n) => n === 'IOMMU_IOAS_MAP' || n === 'VFIO_IOMMU_MAP_DMA').length;
+}
+
