@@ -1,0 +1,238 @@
+// /dev/vfio/vfio: the legacy container (drivers/vfio/container.c) and its type1 IOMMU
+// (vfio_iommu_type1.c): the IOMMU drivers it offers, SET_IOMMU once a group is in, and type1's
+// GET_INFO/MAP_DMA/UNMAP_DMA with RLIMIT_MEMLOCK and dma_entry_limit. The container returns to its
+// unset state, and its mappings go, when its last group leaves.
+import { decode, writeField } from '../../src/uapi/struct.js';
+import {
+  VFIO_DMA_MAP_FLAG,
+  VFIO_IOMMU_INFO_CAPS,
+  VFIO_IOMMU_INFO_PGSIZES,
+  VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+  VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+  VFIO_NOIOMMU_IOMMU,
+  VFIO_TYPE1_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  vfio_info_cap_header,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_iommu_type1_info,
+  vfio_iommu_type1_info_cap_iova_range,
+  vfio_iommu_type1_info_dma_avail,
+  vfio_iova_range,
+} from '../../src/uapi/vfio.js';
+import { ioctlError, userStruct } from './errno.js';
+import { dropAreas, insertArea, pinArea } from './memory.js';
+import { PAGE, U64_MAX, type ContainerState, type DmaArea, type FakeState, type GroupFile, type GroupState, type OpenFile } from './state.js';
+
+type Arg = number | Buffer | undefined;
+
+const EXTENSIONS: Record<'type1' | 'noiommu', readonly number[]> = {
+  type1: [VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU],
+  noiommu: [VFIO_NOIOMMU_IOMMU],
+};
+
+export function driverOf(type: number): 'type1' | 'noiommu' {
+  return type === VFIO_NOIOMMU_IOMMU ? 'noiommu' : 'type1';
+}
+
+export function openContainer(s: FakeState): OpenFile {
+  const container: ContainerState = { fdOpen: true, groups: new Set(), iommuType: null, areas: [], dmaAvail: 0 };
+  s.containers.add(container);
+  return { kind: 'container', container };
+}
+
+export function releaseContainer(s: FakeState, c: ContainerState): void {
+  c.fdOpen = false; // its groups keep it alive
+  if (c.groups.size === 0) s.containers.delete(c);
+}
+
+export function leaveContainer(s: FakeState, file: GroupFile): void {
+  const c = file.container!;
+  c.groups.delete(file);
+  file.container = null;
+  if (c.groups.size === 0) {
+    // the last group out returns the container to its unset state: the IOMMU goes, and every mapping with it
+    c.iommuType = null;
+    dropAreas(s, c.areas);
+    c.dmaAvail = 0;
+    if (!c.fdOpen) s.containers.delete(c);
+  }
+}
+
+function drivers(s: FakeState): ('type1' | 'noiommu')[] {
+  const type1: 'type1'[] = s.type1Available ? ['type1'] : [];
+  return s.iommu === 'noiommu' ? [...type1, 'noiommu'] : type1;
+}
+
+export function containerIsNoiommu(c: ContainerState): boolean {
+  return [...c.groups].some((g) => g.group.noiommu);
+}
+
+/** the IOMMU drivers a container may use: once a group is in, noiommu and the others exclude each other */
+function allowedDrivers(s: FakeState, c: ContainerState): ('type1' | 'noiommu')[] {
+  if (c.groups.size === 0) return drivers(s);
+  const noiommu = containerIsNoiommu(c);
+  return drivers(s).filter((d) => (d === 'noiommu') === noiommu);
+}
+
+/** vfio_iommu_type1_attach_group: no MSI isolation and no allow_unsafe_interrupts -> EPERM */
+export function checkType1Attach(s: FakeState, driver: 'type1' | 'noiommu', g: GroupState): void {
+  if (driver === 'type1' && !g.emulated && s.iommu === 'virtio' && !s.allowUnsafe.type1) throw ioctlError('EPERM');
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the container's own ioctls
+
+export function apiVersion(s: FakeState): number {
+  return s.apiVersion;
+}
+
+export function checkExtension(s: FakeState, c: ContainerState, arg: Arg): number {
+  // A pointer passed where the kernel expects a number is an unknown extension to it.
+  const ext = typeof arg === 'number' ? arg : -1;
+  if (c.iommuType !== null) return EXTENSIONS[driverOf(c.iommuType)].includes(ext) ? 1 : 0;
+  return allowedDrivers(s, c).some((d) => EXTENSIONS[d].includes(ext)) ? 1 : 0;
+}
+
+export function setIommu(s: FakeState, c: ContainerState, arg: Arg): number {
+  if (c.groups.size === 0 || c.iommuType !== null) throw ioctlError('EINVAL');
+  const type = typeof arg === 'number' ? arg : -1;
+  const driver = allowedDrivers(s, c).find((d) => EXTENSIONS[d].includes(type));
+  if (!driver) throw ioctlError('ENODEV');
+  for (const g of c.groups) checkType1Attach(s, driver, g.group);
+  c.iommuType = type;
+  c.dmaAvail = s.dmaEntryLimit;
+  return 0;
+}
+
+/** vfio_fops_unl_ioctl: the other requests are passed to the IOMMU driver; without one, EINVAL */
+export function iommuDriverGate(_s: FakeState, c: ContainerState): void {
+  if (c.iommuType === null) throw ioctlError('EINVAL');
+  if (driverOf(c.iommuType) === 'noiommu') throw ioctlError('ENOTTY'); // vfio_noiommu_ioctl
+}
+
+// ---------------------------------------------------------------------------------------------------
+// type1's ioctls
+
+/** the type1 IOMMU's view: a domain once a group with a real IOMMU is in (an mdev's group has none) */
+function type1Geometry(s: FakeState, c: ContainerState): { ranges: { start: bigint; last: bigint }[]; pgsizes: bigint; domain: boolean } {
+  const domain = [...c.groups].some((g) => !g.group.emulated && !g.group.noiommu);
+  if (!domain) return { ranges: [], pgsizes: ~BigInt(PAGE - 1) & U64_MAX, domain }; // PAGE_MASK; an empty iova_list
+  return { ranges: s.geometry.ranges.map((r) => ({ ...r })), pgsizes: s.geometry.pgsizes, domain };
+}
+
+/** vfio_iommu_type1_get_info, with its capability chain: migration, DMA_AVAIL, IOVA_RANGE */
+export function type1Info(s: FakeState, c: ContainerState, arg: Arg): number {
+  const buf = userStruct(arg, 16);
+  const argsz = buf.readUInt32LE(0);
+  if (argsz < 16) throw ioctlError('EINVAL');
+  const g = type1Geometry(s, c);
+  const caps: Buffer[] = [];
+  const mig = Buffer.alloc(32); // vfio_iommu_type1_info_cap_migration
+  writeField(mig, vfio_info_cap_header.fields.id, 2);
+  writeField(mig, vfio_info_cap_header.fields.version, 1);
+  mig.writeBigUInt64LE(g.pgsizes & -g.pgsizes, 16);
+  mig.writeBigUInt64LE(0x10000000n, 24); // DIRTY_BITMAP_SIZE_MAX
+  caps.push(mig);
+  const avail = Buffer.alloc(16); // 12 bytes, aligned to 8 by vfio_info_cap_add
+  writeField(avail, vfio_info_cap_header.fields.id, VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL);
+  writeField(avail, vfio_info_cap_header.fields.version, 1);
+  writeField(avail, vfio_iommu_type1_info_dma_avail.fields.avail, c.dmaAvail);
+  caps.push(avail);
+  if (g.ranges.length > 0) {
+    const r = Buffer.alloc(vfio_iommu_type1_info_cap_iova_range.size + g.ranges.length * vfio_iova_range.size);
+    writeField(r, vfio_info_cap_header.fields.id, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE);
+    writeField(r, vfio_info_cap_header.fields.version, 1);
+    writeField(r, vfio_iommu_type1_info_cap_iova_range.fields.nr_iovas, g.ranges.length);
+    g.ranges.forEach((x, i) => {
+      const at = vfio_iommu_type1_info_cap_iova_range.size + i * vfio_iova_range.size;
+      writeField(r, vfio_iova_range.fields.start, x.start, at);
+      writeField(r, vfio_iova_range.fields.end, x.last, at);
+    });
+    caps.push(r);
+  }
+  const size = vfio_iommu_type1_info.size;
+  let off = size;
+  caps.forEach((cap, i) => {
+    off += cap.length;
+    writeField(cap, vfio_info_cap_header.fields.next, i < caps.length - 1 ? off : 0);
+  });
+  const chain = Buffer.concat(caps);
+  const info = Buffer.alloc(size);
+  info.writeUInt32LE(argsz, 0);
+  const flags = VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS;
+  writeField(info, vfio_iommu_type1_info.fields.iova_pgsizes, g.pgsizes);
+  if (argsz < size + chain.length) {
+    writeField(info, vfio_iommu_type1_info.fields.argsz, size + chain.length); // ask again with room for the chain
+  } else {
+    if (buf.length < size + chain.length) throw ioctlError('EFAULT');
+    chain.copy(buf, size);
+    writeField(info, vfio_iommu_type1_info.fields.cap_offset, size);
+  }
+  writeField(info, vfio_iommu_type1_info.fields.flags, flags);
+  // copy_to_user(arg, &info, min(argsz, sizeof(info)))
+  info.copy(buf, 0, 0, Math.min(argsz, size, buf.length));
+  return 0;
+}
+
+/** vfio_iommu_type1_map_dma -> vfio_dma_do_map */
+export function type1Map(s: FakeState, c: ContainerState, arg: Arg): number {
+  const buf = userStruct(arg, vfio_iommu_type1_dma_map.size);
+  const m = decode(vfio_iommu_type1_dma_map, buf);
+  const VADDR = 1 << 2;
+  if (m.argsz < vfio_iommu_type1_dma_map.size || (m.flags & ~(VFIO_DMA_MAP_FLAG.READ | VFIO_DMA_MAP_FLAG.WRITE | VADDR)) !== 0) throw ioctlError('EINVAL');
+  const prot = m.flags & (VFIO_DMA_MAP_FLAG.READ | VFIO_DMA_MAP_FLAG.WRITE);
+  if (prot === 0 || (m.flags & VADDR) !== 0) throw ioctlError('EINVAL'); // updating a vaddr is not modelled
+  const g = type1Geometry(s, c);
+  const pgsize = g.pgsizes & -g.pgsizes;
+  if (m.size === 0n || ((m.size | m.iova | m.vaddr) & (pgsize - 1n)) !== 0n) throw ioctlError('EINVAL');
+  if (m.iova + m.size - 1n > U64_MAX || m.vaddr + m.size - 1n > U64_MAX) throw ioctlError('EINVAL');
+  if (c.areas.some((a) => m.iova < a.iova + a.length && a.iova < m.iova + m.size)) throw ioctlError('EEXIST');
+  if (c.dmaAvail === 0) throw ioctlError('ENOSPC');
+  // vfio_iommu_iova_dma_valid: inside one range (an empty list, as with only an mdev, accepts all)
+  if (g.ranges.length > 0 && !g.ranges.some((r) => m.iova >= r.start && m.iova + m.size - 1n <= r.last)) throw ioctlError('EINVAL');
+  const area = pinArea(s, m.vaddr, m.iova, m.size, (prot & VFIO_DMA_MAP_FLAG.READ) !== 0, (prot & VFIO_DMA_MAP_FLAG.WRITE) !== 0, g.domain);
+  insertArea(c.areas, area);
+  c.dmaAvail--;
+  return 0;
+}
+
+/** vfio_iommu_type1_unmap_dma -> vfio_dma_do_unmap: v2 refuses to bisect a mapping; nothing there unmaps 0 bytes */
+export function type1Unmap(s: FakeState, c: ContainerState, arg: Arg): number {
+  const buf = userStruct(arg, vfio_iommu_type1_dma_unmap.size);
+  const u = decode(vfio_iommu_type1_dma_unmap, buf);
+  const ALL = 1 << 1;
+  if (u.argsz < vfio_iommu_type1_dma_unmap.size || (u.flags & ~0x7) !== 0) throw ioctlError('EINVAL');
+  if ((u.flags & ~ALL) !== 0) throw ioctlError('EINVAL'); // dirty bitmaps and vaddr updates are not modelled
+  const g = type1Geometry(s, c);
+  const pgsize = g.pgsizes & -g.pgsizes;
+  const v2 = c.iommuType === VFIO_TYPE1v2_IOMMU;
+  let { iova, size } = u;
+  if ((iova & (pgsize - 1n)) !== 0n) throw ioctlError('EINVAL');
+  if ((u.flags & ALL) !== 0) {
+    if (iova !== 0n || size !== 0n) throw ioctlError('EINVAL');
+    size = U64_MAX;
+  } else if (size === 0n || (size & (pgsize - 1n)) !== 0n || iova + size - 1n > U64_MAX) {
+    throw ioctlError('EINVAL');
+  }
+  const last = iova + size - 1n;
+  const containing = (x: bigint): DmaArea | undefined => c.areas.find((a) => x >= a.iova && x < a.iova + a.length);
+  if (v2 && (u.flags & ALL) === 0) {
+    const first = containing(iova);
+    if (first && first.iova !== iova) throw ioctlError('EINVAL');
+    const end = containing(last);
+    if (end && end.iova + end.length !== iova + size) throw ioctlError('EINVAL');
+  }
+  const victims: DmaArea[] = [];
+  for (const a of c.areas) {
+    if (a.iova + a.length - 1n < iova) continue;
+    if (a.iova > last) break;
+    if (!v2 && iova > a.iova) break; // v1: a mapping that starts before the range ends the walk
+    victims.push(a);
+  }
+  const unmapped = victims.reduce((n, a) => n + a.length, 0n);
+  dropAreas(s, c.areas, victims);
+  c.dmaAvail += victims.length;
+  writeField(buf, vfio_iommu_type1_dma_unmap.fields.size, unmapped);
+  return 0;
+}
