@@ -465,16 +465,21 @@ static void watch_finalize(napi_env env, void *data, void *hint)
 	watch_stop(data);
 }
 
-/* watch(fd, callback(err, count)) -> handle: calls back on the main loop when the eventfd fires. */
+/* watch(fd, callback(err, count), keepAlive = true) -> handle: calls back on the main loop when the
+ * eventfd fires. With keepAlive false the watch does not keep the process alive by itself (a device's
+ * request channel, armed for as long as the device is open, must not stop a script from exiting). */
 static napi_value js_watch(napi_env env, napi_callback_info info)
 {
-	size_t argc = 2;
-	napi_value argv[2], handle, name;
+	size_t argc = 3;
+	napi_value argv[3], handle, name;
 	int64_t fd;
+	bool keep_alive = true;
 	uv_loop_t *loop;
 	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
 	if (argc < 2 || napi_get_value_int64(env, argv[0], &fd) != napi_ok)
-		return type_error(env, "watch(fd, callback)");
+		return type_error(env, "watch(fd, callback, keepAlive)");
+	if (argc >= 3)
+		napi_get_value_bool(env, argv[2], &keep_alive);
 	struct watch *w = calloc(1, sizeof(*w));
 	if (!w)
 		return throw_errno(env, ENOMEM, "calloc");
@@ -500,6 +505,8 @@ static napi_value js_watch(napi_env env, napi_callback_info info)
 		watch_stop(w);
 		return throw_errno(env, -r, "uv_poll_start");
 	}
+	if (!keep_alive)
+		uv_unref((uv_handle_t *)&w->poll);
 	return handle;
 }
 

@@ -16,6 +16,7 @@ export const ExitCode = {
   NO_ROUTE: 6,
   KERNEL_REFUSED: 7,
   NOT_INSTALLED: 8,
+  RELEASED: 9,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -134,6 +135,15 @@ export class UnsupportedError extends VfioError {
 export class AddonMissingError extends VfioError {
   readonly kind = 'addon-missing';
   readonly exitCode = ExitCode.NOT_INSTALLED;
+}
+
+/**
+ * The device was given back: the host asked for it (a VFIO device request, as an unbind or a hot-unplug
+ * sends) and it was released. Every later call on it, its mappings and vectors, and a context it owned.
+ */
+export class DeviceReleasedError extends VfioError {
+  readonly kind = 'released';
+  readonly exitCode = ExitCode.RELEASED;
 }
 
 /** An operation on a closed device or context: a programming error in the caller. */

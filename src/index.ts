@@ -58,7 +58,7 @@ export { predictRoute, type RoutePrediction } from './routes/select.js';
 export type { PassedFds } from './routes/passed-fds.js';
 export type { DeviceLocation, GroupLocation, CdevLocation, GroupMember } from './discovery/locate.js';
 export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
-export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice } from './device/device.js';
+export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice, type DeviceRequest, type VfioDeviceEvents } from './device/device.js';
 export { PciFunction } from './device/pci.js';
 export type { MigrationSupport, MigrationFlag } from './device/migration.js';
 export type { RouteName } from './routes/names.js';

@@ -12,16 +12,20 @@
 #   --bind IDS        vendor:device ids the guest binds to vfio-pci (default 1234:11e8,1b36:0005)
 #   --append WORDS    extra kernel command line (module parameters, vmt.load=, vmt.hide=, ...)
 #   --env NAME=VALUE  set in the guest command's environment (repeatable)
+#   --qemu ARG        one more raw QEMU argument (repeatable), e.g. --qemu -global --qemu ICH9-LPC.x=off
 #   --timeout SEC     kill the guest after SEC seconds (default 300)
 #   --quiet           do not print the run's summary line
 # Exit status: the command's; 124 when the guest was killed at its timeout; 125 when the guest ended
 # without reporting a status (kernel panic, Oops, QEMU error): the tail of its serial log is shown.
+# The host's hand on the guest: every guest has a QMP socket, and a guest test asks the host to run a
+# QMP (or, through human-monitor-command, HMP) command by writing it to /vmrun/host-requests/<id>.json;
+# testbed/qmp-relay.mjs runs it and writes <id>.reply.json; QMP events land in /vmrun/qmp-events.jsonl.
 # Each run's files (serial.log, dmesg.txt, stdout, stderr, qemu-cmdline) stay in $CACHE/runs/.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 KERNEL=stock-6.12 IOMMU=intel TIMEOUT=300 QUIET=0 BIND=1234:11e8,1b36:0005 APPEND_EXTRA=""
-DEVICES=() ENVS=() DEFAULT_DEVICES=(edu,addr=10.0 pci-testdev,addr=11.0)
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+DEVICES=() ENVS=() EXTRA_QEMU=() DEFAULT_DEVICES=(edu,addr=10.0 pci-testdev,addr=11.0)
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
 		--kernel) KERNEL=${2:?}; shift 2 ;;
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
 		--bind) BIND=${2?}; shift 2 ;;
 		--append) APPEND_EXTRA="$APPEND_EXTRA ${2?}"; shift 2 ;;
 		--env) ENVS+=("${2:?}"); shift 2 ;;
+		--qemu) EXTRA_QEMU+=("${2:?}"); shift 2 ;;
 		--timeout) TIMEOUT=${2:?}; shift 2 ;;
 		--quiet) QUIET=1; shift ;;
 		-h|--help) usage ;;
@@ -83,7 +88,10 @@ QEMU=(qemu-system-x86_64 -machine q35 -accel tcg,thread=single -cpu max -m "${VM
 	-kernel "$KIMG" -initrd "$INITRD" -append "$APPEND"
 	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
 	-virtfs "local,path=$RUN,mount_tag=vmrun,security_model=none"
-	"${DEV_ARGS[@]+"${DEV_ARGS[@]}"}")
+	"${DEV_ARGS[@]+"${DEV_ARGS[@]}"}" "${EXTRA_QEMU[@]+"${EXTRA_QEMU[@]}"}")
+# QMP on a short path (a unix socket path has at most 107 bytes; the run dir may be deep)
+QMP=$(mktemp -u /tmp/vfio-bind-qmp.XXXXXX)
+QEMU+=(-qmp "unix:$QMP,server=on,wait=off")
 printf '%q ' "${QEMU[@]}" > "$RUN/qemu-cmdline"; echo >> "$RUN/qemu-cmdline"
 
 start=$(date +%s.%N)
@@ -92,12 +100,15 @@ start=$(date +%s.%N)
 	START=$start perl -MTime::HiRes=time -ne 'BEGIN { $| = 1 } s/\r//g; s/\e(\[[0-9;?]*[A-Za-z]|c)//g;
 		printf "[%7.2f] %s", time - $ENV{START}, $_' > "$RUN/serial.log" &
 vm=$!
+node "$TESTBED_DIR/qmp-relay.mjs" "$RUN" "$QMP" 2>>"$RUN/qmp-relay.log" &
+relay=$!
 tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stdout" 2>/dev/null &
 t1=$!
 tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stderr" >&2 2>/dev/null &
 t2=$!
 wait $vm
 wait $t1 $t2 2>/dev/null
+kill $relay 2>/dev/null; wait $relay 2>/dev/null; rm -f "$QMP"
 elapsed=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
 
 qrc=$(cat "$RUN/qemu.rc" 2>/dev/null || echo 125)

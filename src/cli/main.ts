@@ -5,7 +5,7 @@ import { ExitCode, UsageError, VfioError } from '../errors.js';
 import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
 import { listDevices, whyNoVfio } from '../discovery/locate.js';
 import { visibleRoutes } from '../routes/index.js';
-import { nativeKernel, openDevice } from '../index.js';
+import { nativeKernel, openDevice, type VfioDevice } from '../index.js';
 import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
 import type { PassedFds } from '../routes/passed-fds.js';
 import { hexId } from '../device/config.js';
@@ -118,27 +118,38 @@ async function bindCommand(argv: Common & FdArgs & { device: string; route: Rout
   const device = openDevice(argv.device, { route: argv.route, logger: await logger(argv), ...passedFds(argv) });
   try {
     out(argv.json ? JSON.stringify(device.report, null, 2) : formatReport(device.report));
-    if (argv.hold) await holdUntilSignal(device.name);
+    if (argv.hold && (await hold(device)) === 'released') process.exitCode = ExitCode.RELEASED;
   } finally {
     device.close();
   }
 }
 
-function holdUntilSignal(name: string): Promise<void> {
+/**
+ * Holds the device until SIGINT or SIGTERM, or until the host asks for it back (an unbind, a remove,
+ * a hot-unplug), which releases it at once: a holder must never keep the host's unbind waiting.
+ */
+function hold(device: VfioDevice): Promise<'signal' | 'released'> {
   return new Promise((resolve) => {
     // Signal handlers do not keep Node's event loop alive; this timer does, until a signal comes.
     const keepAlive = setInterval(() => {}, 1 << 30);
-    const done = (): void => {
+    const done = (how: 'signal' | 'released'): void => {
       clearInterval(keepAlive);
-      process.off('SIGINT', done);
-      process.off('SIGTERM', done);
-      resolve();
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve(how);
     };
-    process.on('SIGINT', done);
-    process.on('SIGTERM', done);
+    const onSignal = (): void => done('signal');
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    device.on('request', (request) => {
+      process.stderr.write(`vfio-bind: the host asked for ${device.name} back (a VFIO device request: an unbind, a remove or a hot-unplug); releasing it\n`);
+      request.release();
+      done('released');
+    });
+    device.on('device-error', (e) => process.stderr.write(`vfio-bind: ${device.name} reported a device error (AER, #${e.count}); still holding it\n`));
     // Only now: whoever waits for this line may signal at once, and must find the handlers in place
     // (a SIGTERM before them kills the process by default action: no release, no exit status 0).
-    process.stderr.write(`holding ${name}; press Ctrl-C (or send SIGTERM) to release it\n`);
+    process.stderr.write(`holding ${device.name}; press Ctrl-C (or send SIGTERM) to release it\n`);
   });
 }
 
@@ -221,7 +232,7 @@ export async function main(args: string[]): Promise<void> {
     .command('bind <device>', 'bind a device and report the route taken and why',
       (y) => fdOptions(routeOption(y))
         .positional('device', { type: 'string', demandOption: true, describe: 'PCI address, sysfs path, /dev/vfio/devices/vfioN or mdev UUID' })
-        .option('hold', { type: 'boolean', default: false, describe: 'keep the device bound until Ctrl-C' }),
+        .option('hold', { type: 'boolean', default: false, describe: 'keep the device bound until Ctrl-C, or until the host asks for it back (then exit 9)' }),
       (a) => run(a as unknown as Common, () => bindCommand(a as never)))
     .command('info <device>', 'bind a device and show its flags, regions and PCI ids',
       (y) => fdOptions(routeOption(y)).positional('device', { type: 'string', demandOption: true }),
@@ -244,7 +255,7 @@ export async function main(args: string[]): Promise<void> {
     .version(packageVersion())
     .help()
     .alias('help', 'h')
-    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform')
+    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform, 9 released at the host\'s request')
     .exitProcess(false)
     .fail((msg, err) => {
       // Thrown, so that yargs stops here: a command whose options were refused must not run.

@@ -1,71 +1,36 @@
 // A bound VFIO device: what a VMM holds after bind. It owns its device fd (and, when it was opened
 // without a shared context, its IOMMU context) and closes them, in reverse order, exactly once.
+import { EventEmitter } from 'node:events';
 import type { DeviceLocation } from '../discovery/locate.js';
-import { ClosedError, KernelError, kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { ClosedError, DeviceReleasedError, KernelError, kernelRefused, StepError, UnsupportedError, UsageError, type VfioError } from '../errors.js';
 import { deviceGetInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { RouteName } from '../routes/names.js';
-import { bindDevice, type BoundRoute, type FallbackReport, type RoutePolicy } from '../routes/select.js';
-import type { PassedFds } from '../routes/passed-fds.js';
-import type { BeforeBindHook, IommuContext } from '../routes/route.js';
+import { bindDevice, type BoundRoute } from '../routes/select.js';
+import type { IommuContext } from '../routes/route.js';
 import { closeQuietly, StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
-import { VFIO_DEVICE_FLAGS } from '../uapi/vfio.js';
+import { VFIO_DEVICE_FLAGS, VFIO_PCI_IRQ } from '../uapi/vfio.js';
 import type { PciCapability, PciIds } from './config.js';
 import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.js';
-import { RegionMapping } from './mmio.js';
+import { HostChannels, type HostSignal } from './host-requests.js';
 import { readMigration, type MigrationSupport } from './migration.js';
+import { RegionMapping } from './mmio.js';
 import { PciFunction } from './pci.js';
 import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
 import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
+import type { DeviceInfo, OpenDeviceOptions, RouteReport, VfioDeviceEvents } from './types.js';
 
+export type { DeviceInfo, DeviceRequest, OpenDeviceOptions, RouteReport, VfioDeviceEvents } from './types.js';
 export type { HotResetDevice } from './reset.js';
 
-export interface DeviceInfo {
-  /** VFIO_DEVICE_FLAGS_* names without the prefix: PCI, RESET, CAPS, ... */
-  flags: string[];
-  rawFlags: number;
-  regions: number;
-  irqs: number;
-}
-
-/** What `bind --json` prints: the route taken and why. */
-export interface RouteReport {
-  device: string;
-  route: RouteName;
-  nodes: Record<string, string>;
-  ids: Record<string, number | string>;
-  fallback: FallbackReport | null;
-  device_info: { flags: string[]; regions: number; irqs: number };
-}
-
-export interface OpenDeviceOptions {
-  /** auto (default): iommufd, falling back to legacy where that route is unavailable */
-  route?: RoutePolicy;
-  /** join this IOMMU context (so several devices share one IOAS or container); its route decides */
-  context?: IommuContext;
-  /** called with the cdev fd (iommufd) or group fd (legacy) before bind: KVM_DEV_VFIO_FILE_ADD goes here */
-  beforeBind?: BeforeBindHook;
-  logger?: Logger;
-  /** the system-call seam; tests inject a fake */
-  kernel?: Kernel;
-  /**
-   * Nodes opened by someone else (an unprivileged VMM's privileged parent): { device, iommufd } or
-   * { group, container }. Each is checked with fstat before use; they decide the route.
-   */
-  fds?: PassedFds;
-  /**
-   * close the passed fds when the device closes (default false: they stay the caller's). A failed
-   * open never closes them, either way.
-   */
-  ownFds?: boolean;
-}
+const DEFAULT_REQUEST_GRACE_MS = 100;
 
 export function decodeDeviceFlags(flags: number): string[] {
   return Object.entries(VFIO_DEVICE_FLAGS).filter(([, bit]) => (flags & bit) !== 0).map(([name]) => name);
 }
 
-export class VfioDevice implements Disposable {
+export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Disposable {
   readonly route: RouteName;
   readonly report: RouteReport;
   readonly context: IommuContext;
@@ -74,7 +39,12 @@ export class VfioDevice implements Disposable {
   private readonly regionMappings = new Set<RegionMapping>();
   private readonly irqSets = new Map<number, IrqSet>();
   private isClosed = false;
+  /** why it was closed, when not by close(): later calls throw this */
+  private closedBecause: string | null = null;
   private pciFacet: PciFunction | null = null;
+  private channels: HostChannels | null = null;
+  private readonly signals = { request: 0, error: 0 };
+  private releaseTimer: NodeJS.Timeout | null = null;
 
   /** @internal use openDevice() */
   constructor(
@@ -85,10 +55,16 @@ export class VfioDevice implements Disposable {
     private readonly bound: BoundRoute,
     /** runs last in close(): closes passed fds the device was given to own */
     private readonly afterClose?: () => void,
+    private readonly requestGraceMs = DEFAULT_REQUEST_GRACE_MS,
   ) {
+    super();
     this.context = bound.hold.context;
     this.route = bound.route;
     this.cachedInfo = this.readInfo();
+    if (this.cachedInfo.flags.includes('PCI')) {
+      this.channels = this.kernelStep(() => HostChannels.arm(this.kernel, this.calls(), bound.binding.deviceFd, this.cachedInfo.irqs,
+        (signal, count) => this.hostSignal(signal, Number(count))));
+    }
     this.report = {
       device: location.name,
       route: this.route,
@@ -106,6 +82,38 @@ export class VfioDevice implements Disposable {
 
   get closed(): boolean {
     return this.isClosed;
+  }
+
+  /** Whether the host can ask for the device back (REQ) and report its errors (ERR), as the kernel offers them. */
+  get hostChannels(): { request: boolean; error: boolean } {
+    return { request: this.channels?.has('request') ?? false, error: this.channels?.has('error') ?? false };
+  }
+
+  private hostSignal(signal: HostSignal, count: number): void {
+    if (this.isClosed) return;
+    this.signals[signal] += count;
+    if (signal === 'error') {
+      if (!this.emit('device-error', { device: this.name, count: this.signals.error })) this.log.warn({ count: this.signals.error }, 'the device reported an error (AER)');
+      return;
+    }
+    if (this.listenerCount('request') > 0) {
+      this.emit('request', { device: this.name, count: this.signals.request, release: () => this.release() });
+      return;
+    }
+    this.log.info({ count: this.signals.request, graceMs: this.requestGraceMs }, 'the host asked for the device back, and nothing listens: releasing it');
+    this.releaseTimer ??= setTimeout(() => this.release(), this.requestGraceMs);
+  }
+
+  /** Gives the device back at the host's request: closed, and every later call says why. */
+  private release(): void {
+    if (this.isClosed) return;
+    const reason = `the host asked for ${this.name} back (a VFIO device request: an unbind, a remove or a hot-unplug), and it was released`;
+    this.shutdown(reason);
+    this.emit('released', { device: this.name, reason });
+  }
+
+  private closedError(): VfioError {
+    return this.closedBecause ? new DeviceReleasedError(this.closedBecause) : new ClosedError(`${this.name} is closed`);
   }
 
   /** The device fd, for ioctls this library does not wrap. Owned by this object: do not close it. */
@@ -245,6 +253,10 @@ export class VfioDevice implements Disposable {
     const info = this.irq(which);
     const count = options.count ?? info.count;
     if (info.count === 0) throw new UsageError(`${this.name} has no ${info.name} interrupts`);
+    const channel = info.index === VFIO_PCI_IRQ.REQ ? 'request' : info.index === VFIO_PCI_IRQ.ERR ? 'error' : null;
+    if (channel && this.channels?.has(channel)) {
+      throw new UsageError(`${info.name} of ${this.name} is the library's ${channel} channel: listen for the device's '${channel === 'request' ? 'request' : 'device-error'}' event instead`);
+    }
     if (!Number.isInteger(count) || count < 1 || count > info.count) {
       throw new UsageError(`${info.name} of ${this.name} has ${info.count} vector(s); cannot enable ${count}`);
     }
@@ -341,25 +353,33 @@ export class VfioDevice implements Disposable {
   }
 
   protected assertOpen(): void {
-    if (this.isClosed) throw new ClosedError(`${this.name} is closed`);
+    if (this.isClosed) throw this.closedError();
   }
 
   /** Disables its interrupts, unmaps its regions, closes the device fd, then (if this device created it) its IOMMU context. Idempotent. */
   close(): void {
+    this.shutdown(null);
+  }
+
+  private shutdown(reason: string | null): void {
     if (this.isClosed) return;
     this.isClosed = true;
+    this.closedBecause = reason;
+    if (this.releaseTimer) clearTimeout(this.releaseTimer);
+    const why = (): VfioError => this.closedError();
+    this.channels?.close(this.calls(), this.bound.binding.deviceFd);
     for (const set of [...this.irqSets.values()]) {
       try {
-        set.disable();
+        set.disable(why);
       } catch {
         // the eventfds are closed either way, and closing the device fd below frees its interrupts
       }
     }
-    for (const mapping of [...this.regionMappings]) mapping.close();
+    for (const mapping of [...this.regionMappings]) mapping.close(why);
     this.context.untrack(this);
-    this.bound.hold.release();
+    this.bound.hold.release(reason === null ? undefined : why);
     this.afterClose?.();
-    this.log.debug({}, 'closed');
+    this.log.debug({ reason }, 'closed');
   }
 
   [Symbol.dispose](): void {
@@ -381,7 +401,7 @@ export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDe
   const passed = options.fds && options.ownFds ? Object.values(options.fds).filter((fd): fd is number => fd !== undefined) : [];
   const afterClose = passed.length > 0 ? () => passed.forEach((fd) => closeQuietly(kernel, fd)) : undefined;
   try {
-    const device = new VfioDevice(loc, kernel, log, bound, afterClose);
+    const device = new VfioDevice(loc, kernel, log, bound, afterClose, options.requestGraceMs);
     log.info({ report: device.report }, 'bound');
     return device;
   } catch (e) {

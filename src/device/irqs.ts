@@ -1,7 +1,7 @@
 // Device interrupts on eventfds: VFIO_DEVICE_GET_IRQ_INFO and VFIO_DEVICE_SET_IRQS for INTx, MSI and
 // MSI-X. Each vector signals its own eventfd, which the addon watches on the event loop, so waiting
 // for an interrupt blocks nothing.
-import { ClosedError, UsageError } from '../errors.js';
+import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { StepCalls } from '../sys/calls.js';
 import { closeQuietly } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
@@ -57,6 +57,7 @@ export class IrqVector implements AsyncIterable<bigint> {
   private readonly waiters: Waiter[] = [];
   private pending = 0n;
   private isClosed = false;
+  private closedBy: (() => VfioError) | null = null;
   /** interrupts seen on this vector so far */
   total = 0n;
 
@@ -71,7 +72,7 @@ export class IrqVector implements AsyncIterable<bigint> {
 
   /** Resolves with the count of interrupts since the last wait, or null after timeoutMs. */
   wait(options: { timeoutMs?: number } = {}): Promise<bigint | null> {
-    if (this.isClosed) return Promise.reject(new ClosedError(`interrupt vector ${this.vector} is disabled`));
+    if (this.isClosed) return Promise.reject(this.closedBy?.() ?? new ClosedError(`interrupt vector ${this.vector} is disabled`));
     if (this.pending > 0n) {
       const n = this.pending;
       this.pending = 0n;
@@ -129,15 +130,16 @@ export class IrqVector implements AsyncIterable<bigint> {
     this.updateWatch();
   }
 
-  /** @internal closes the eventfd (after the kernel was told to stop signalling it) */
-  close(): void {
+  /** @internal closes the eventfd (after the kernel was told to stop signalling it); `why` says why to whoever waits */
+  close(why?: () => VfioError): void {
     if (this.isClosed) return;
     this.isClosed = true;
+    this.closedBy = why ?? null;
     if (this.handle) this.kernel.unwatch(this.handle);
     this.handle = null;
     for (const w of this.waiters.splice(0)) {
       if (w.timer) clearTimeout(w.timer);
-      w.reject(new ClosedError(`interrupt vector ${this.vector} was disabled`));
+      w.reject(why?.() ?? new ClosedError(`interrupt vector ${this.vector} was disabled`));
     }
     closeQuietly(this.kernel, this.eventfd);
   }
@@ -165,14 +167,14 @@ export class IrqSet implements Disposable {
     return v;
   }
 
-  /** Tells the kernel to stop signalling, then closes the eventfds. Idempotent. */
-  disable(): void {
+  /** Tells the kernel to stop signalling, then closes the eventfds. Idempotent. (`why`, internal: the device's release.) */
+  disable(why?: () => VfioError): void {
     if (this.isDisabled) return;
     this.isDisabled = true;
     try {
       this.disableFn();
     } finally {
-      for (const v of this.vectors) v.close();
+      for (const v of this.vectors) v.close(why);
       this.onDisable(this);
     }
   }

@@ -1,12 +1,13 @@
 // A device region mapped into the process (a BAR's MMIO). Registers are read and written by addon
 // accessors that make exactly one load or store of the asked width: devices answer only some widths
 // (edu: 4 and 8 bytes), and a JavaScript DataView may split an access into bytes.
-import { ClosedError, UsageError } from '../errors.js';
+import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
 import type { RegionInfo } from './regions.js';
 
 export class RegionMapping implements Disposable {
   private memory: ArrayBuffer | null;
+  private closedBy: (() => VfioError) | null = null;
 
   /** @internal use VfioDevice.mapRegion() */
   constructor(
@@ -63,7 +64,7 @@ export class RegionMapping implements Disposable {
   }
 
   private live(): ArrayBuffer {
-    if (!this.memory) throw new ClosedError(`the mapping of ${this.region.name} is closed`);
+    if (!this.memory) throw this.closedBy?.() ?? new ClosedError(`the mapping of ${this.region.name} is closed`);
     return this.memory;
   }
 
@@ -72,9 +73,10 @@ export class RegionMapping implements Disposable {
     return this.live();
   }
 
-  /** munmap; views of arrayBuffer go empty. Idempotent. */
-  close(): void {
+  /** munmap; views of arrayBuffer go empty. Idempotent. `why` (internal) says why later calls fail. */
+  close(why?: () => VfioError): void {
     if (!this.memory) return;
+    this.closedBy = why ?? null;
     const memory = this.memory;
     this.memory = null;
     this.kernel.unmap(memory);

@@ -1,7 +1,7 @@
 // The interface both routes implement, as QEMU's VFIOIOMMUClass has a container and an iommufd
 // backend: a route's descriptor (filled in at the bottom of each backend, looked up in routes/index.ts)
 // says what it is and opens its IOMMU context, and the context binds devices into it.
-import { ClosedError, DeviceBusyError } from '../errors.js';
+import { ClosedError, DeviceBusyError, type VfioError } from '../errors.js';
 import type { RouteName } from './names.js';
 import type { PassedFds } from './passed-fds.js';
 import type { DmaBuffer } from '../dma/buffer.js';
@@ -71,6 +71,7 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   abstract readonly route: RouteName;
   private readonly members = new Set<{ close(): void }>();
   private isClosed = false;
+  private closedBy: (() => VfioError) | null = null;
   private dmaState: DmaMappings | null = null;
 
   constructor(
@@ -113,7 +114,7 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   abstract unmapRaw(iova: bigint, size: bigint): void;
 
   protected get dma(): DmaMappings {
-    if (this.isClosed) throw new ClosedError(`this ${this.route} context is closed`);
+    if (this.isClosed) throw this.closedBy?.() ?? new ClosedError(`this ${this.route} context is closed`);
     return (this.dmaState ??= new DmaMappings(this, this.kernel));
   }
 
@@ -143,10 +144,12 @@ export abstract class IommuContext implements Disposable, DmaBackend {
     this.dmaState?.invalidateGeometry();
   }
 
-  close(): void {
+  /** Closes the devices still bound into it, then its fds. `why` (internal) says why later calls fail (its device was released). */
+  close(why?: () => VfioError): void {
     if (this.isClosed) return;
     // Closed first: a device that owns this context closes it again from its own close().
     this.isClosed = true;
+    this.closedBy = why ?? null;
     for (const device of [...this.members].reverse()) device.close();
     this.closeResources(); // the kernel drops the mappings with the fds
     this.dmaState?.reset();
@@ -228,11 +231,11 @@ export class DeviceHold {
     return binding;
   }
 
-  release(): void {
+  release(why?: () => VfioError): void {
     if (this.released) return;
     this.released = true;
     this.binding?.release();
     processHolds.release(this.loc.sysfsPath, this.loc.group?.id ?? null);
-    if (this.ownsContext) this.context.close();
+    if (this.ownsContext) this.context.close(why);
   }
 }

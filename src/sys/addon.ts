@@ -22,7 +22,7 @@ export interface Addon {
   mmioRead(buffer: ArrayBuffer, offset: number, width: number): number | bigint;
   mmioWrite(buffer: ArrayBuffer, offset: number, width: number, value: number | bigint): void;
   eventfd(): number;
-  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void, keepAlive?: boolean): object;
   unwatch(handle: object): void;
   liveCounts(): { mappings: number; watches: number };
   /** the errno name a failed call's .code carries, or null for a number Linux does not define */

@@ -68,7 +68,7 @@ export interface Kernel {
   /** eventfd(2), non-blocking and close-on-exec */
   eventfd(): number;
   /** calls back on the event loop each time the eventfd fires, with the count read from it */
-  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object;
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void, options?: { keepAlive?: boolean }): object;
   unwatch(handle: object): void;
 }
 

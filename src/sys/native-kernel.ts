@@ -72,8 +72,8 @@ export class NativeKernel implements Kernel {
   eventfd(): number {
     return this.addon.eventfd();
   }
-  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object {
-    return this.addon.watch(fd, callback);
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void, options: { keepAlive?: boolean } = {}): object {
+    return this.addon.watch(fd, callback, options.keepAlive ?? true);
   }
   unwatch(handle: object): void {
     this.addon.unwatch(handle);

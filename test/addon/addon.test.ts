@@ -99,3 +99,15 @@ test('errno names: the addon\'s own table (no strerrorname_np) agrees with Node\
   for (let n = 1; n <= 133; n++) if (n !== 41 && n !== 58) assert.match(addon.errnoName(n) ?? '', /^E[A-Z0-9]+$/, `errno ${n}`);
   for (const n of [0, 41, 58, 134, 524, -1]) assert.equal(addon.errnoName(n), null, `errno ${n}`);
 });
+
+test('watch(fd, cb, keepAlive = false) does not keep the process alive; a default watch does', async () => {
+  const { spawn } = await import('node:child_process');
+  const loader = path.resolve(import.meta.dirname, '../../src/sys/addon.js');
+  const run = (keepAlive: boolean): Promise<'exited' | 'alive'> => new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e',
+      `import { loadAddon } from ${JSON.stringify(loader)}; const a = loadAddon(); a.watch(a.eventfd(), () => {}, ${keepAlive});`]);
+    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve('alive'); }, 1500);
+    child.on('exit', (code) => { clearTimeout(timer); resolve(code === 0 ? 'exited' : 'alive'); });
+  });
+  assert.deepEqual(await Promise.all([run(false), run(true)]), ['exited', 'alive']);
+});

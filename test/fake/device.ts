@@ -1,12 +1,16 @@
 // A VFIO device file, from its cdev (cdev.ts) or from its group (group.ts), as vfio_main.c and
 // vfio_pci_core.c answer it: the gate every request but BIND_IOMMUFD passes (access granted), device
-// info, reset and hot reset info, and the release of the file. Regions are in regions.ts, interrupts
+// info, features (VFIO_DEVICE_FEATURE), reset and hot reset info, and the release of the file. Regions are in regions.ts, interrupts
 // in irqs.ts.
 import { decode, writeField } from '../../src/uapi/struct.js';
 import {
+  VFIO_DEVICE_FEATURE_FLAG,
+  VFIO_DEVICE_FEATURE_INDEX,
   VFIO_DEVICE_FLAGS,
   VFIO_PCI_HOT_RESET_FLAG,
   VFIO_PCI_NUM_REGIONS,
+  vfio_device_feature,
+  vfio_device_feature_migration,
   vfio_device_info,
   vfio_pci_dependent_device,
   vfio_pci_hot_reset_info,
@@ -29,6 +33,28 @@ export function getInfo(_s: FakeState, file: DeviceFile, arg: Arg): number {
   writeField(buf, vfio_device_info.fields.flags, file.device.flags);
   writeField(buf, vfio_device_info.fields.num_regions, VFIO_PCI_NUM_REGIONS);
   writeField(buf, vfio_device_info.fields.num_irqs, 5);
+  return 0;
+}
+
+/**
+ * VFIO_DEVICE_FEATURE (vfio_ioctl_device_feature, then vfio_check_feature): only MIGRATION is
+ * modelled; a device without a migration driver answers ENOTTY, as any feature without a handler.
+ */
+export function feature(_s: FakeState, file: DeviceFile, arg: Arg): number {
+  const buf = userStruct(arg, vfio_device_feature.size);
+  const { argsz, flags } = decode(vfio_device_feature, buf);
+  const F = VFIO_DEVICE_FEATURE_FLAG;
+  if (argsz < vfio_device_feature.size) throw ioctlError('EINVAL');
+  if ((flags & ~(F.MASK | F.SET | F.GET | F.PROBE)) !== 0) throw ioctlError('EINVAL');
+  if ((flags & F.PROBE) === 0 && (flags & F.SET) !== 0 && (flags & F.GET) !== 0) throw ioctlError('EINVAL');
+  if ((flags & F.MASK) !== VFIO_DEVICE_FEATURE_INDEX.MIGRATION || file.device.migration === null) throw ioctlError('ENOTTY');
+  // vfio_check_feature(flags, argsz - minsz, VFIO_DEVICE_FEATURE_GET, sizeof(mig))
+  if ((flags & (F.GET | F.SET) & ~F.GET) !== 0) throw ioctlError('EINVAL');
+  if ((flags & F.PROBE) !== 0) return 0;
+  if ((flags & (F.GET | F.SET)) === 0) throw ioctlError('EINVAL');
+  if (argsz - vfio_device_feature.size < vfio_device_feature_migration.size) throw ioctlError('EINVAL');
+  const data = userStruct(arg, vfio_device_feature.size + vfio_device_feature_migration.size);
+  writeField(data, vfio_device_feature_migration.fields.flags, BigInt(file.device.migration), vfio_device_feature.size);
   return 0;
 }
 

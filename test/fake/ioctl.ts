@@ -84,6 +84,7 @@ const DEVICE: IoctlTable<DeviceFile> = {
     [VFIO.DEVICE_SET_IRQS, irqs.setIrqs],
     [VFIO.DEVICE_RESET, device.reset],
     [VFIO.DEVICE_GET_PCI_HOT_RESET_INFO, device.hotResetInfo],
+    [VFIO.DEVICE_FEATURE, device.feature],
   ]),
 };
 

@@ -18,12 +18,12 @@ export function eventfd(s: FakeState): number {
   return install(s, 'anon_inode:[eventfd]', { mode: 0o600, rdev: 0, isCharacterDevice: false }, { kind: 'eventfd', efd });
 }
 
-export function watch(s: FakeState, fd: number, callback: (err: Error | null, count?: bigint) => void): object {
+export function watch(s: FakeState, fd: number, callback: (err: Error | null, count?: bigint) => void, keepAlive = true): object {
   const e = s.fdTable.get(fd);
   if (!e) throw sysError('EBADF', 'uv_poll_init');
   if (e.file.kind !== 'eventfd') throw sysError('EPERM', 'uv_poll_init'); // epoll: the fake polls only eventfds
   const efd = e.file.efd;
-  const w: WatchState = { efd, callback, active: true };
+  const w: WatchState = { efd, callback, active: true, keepAlive };
   efd.watches.push(w);
   s.watchList.add(w);
   const handle = {};
@@ -118,6 +118,8 @@ export function irqInfo(_s: FakeState, file: DeviceFile, arg: Arg): number {
   const q = decode(vfio_irq_info, buf);
   if (q.argsz < vfio_irq_info.size || q.index >= 5) throw ioctlError('EINVAL');
   if (q.index === VFIO_PCI_IRQ.ERR && !dev.irqCounts.pcie) throw ioctlError('EINVAL'); // ERR only on PCIe
+  // mtty_get_irq_info (samples/vfio-mdev/mtty.c) answers only INTx and MSI
+  if (dev.bus === 'mdev' && q.index !== VFIO_PCI_IRQ.INTX && q.index !== VFIO_PCI_IRQ.MSI) throw ioctlError('EINVAL');
   const F = VFIO_IRQ_INFO_FLAG;
   const flags = F.EVENTFD | (q.index === VFIO_PCI_IRQ.INTX ? F.MASKABLE | F.AUTOMASKED : F.NORESIZE);
   writeField(buf, vfio_irq_info.fields.flags, flags);

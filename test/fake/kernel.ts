@@ -175,6 +175,8 @@ export class FakeKernel implements Kernel {
   iommuMappings(): { owner: 'ioas' | 'container'; iova: bigint; length: bigint; address: bigint }[] { return memory.iommuMappings(this.s); }
   /** eventfd watches not unwatched */
   activeWatches(): number { return this.s.watchList.size; }
+  /** eventfd watches that keep the event loop alive (a device's request channel does not) */
+  keepAliveWatches(): number { return [...this.s.watchList].filter((w) => w.keepAlive).length; }
   /** edu's registers and DMA buffer (the live state: tests may change it) */
   edu(name: string): EduState {
     const e = findDevice(this.s, name).edu;
@@ -251,6 +253,8 @@ export class FakeKernel implements Kernel {
   mmioWrite(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8, value: number | bigint): void { memory.mmioWrite(this.s, buffer, offset, width, value); }
 
   eventfd(): number { return run(this.s, { call: 'eventfd' }, () => irqs.eventfd(this.s)); }
-  watch(fd: number, callback: (err: Error | null, count?: bigint) => void): object { return irqs.watch(this.s, fd, callback); }
+  watch(fd: number, callback: (err: Error | null, count?: bigint) => void, options: { keepAlive?: boolean } = {}): object {
+    return irqs.watch(this.s, fd, callback, options.keepAlive ?? true);
+  }
   unwatch(handle: object): void { irqs.unwatch(this.s, handle); }
 }

@@ -78,6 +78,8 @@ export interface DeviceState {
   hotReset: { address: string; group: number | null | undefined }[] | null;
   /** VFIO_DEVICE_RESETs done */
   resets: number;
+  /** its migration driver's VFIO_MIGRATION_* flags (device->migration_flags), or null without one (no mig_ops) */
+  migration: number | null;
   /** its device files not yet released (a closed fd whose region is still mmapped stays here) */
   files: Set<DeviceFile>;
   /** live mmaps of its regions, refreshed after every access that changes what they show */
@@ -201,6 +203,8 @@ export interface WatchState {
   efd: EventfdState;
   callback: (err: Error | null, count?: bigint) => void;
   active: boolean;
+  /** whether it keeps the event loop alive (the addon's uv_unref when false) */
+  keepAlive: boolean;
 }
 
 /** vfio-pci's interrupt state of a device (vdev->irq_type, its contexts, err_trigger, req_trigger). */

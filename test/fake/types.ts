@@ -44,6 +44,8 @@ export interface MdevOptions {
   driver?: string;
   group?: number;
   cdev?: number | null;
+  /** its migration driver's VFIO_MIGRATION_* flags (default mtty's: STOP_COPY, P2P, PRE_COPY); null: no migration */
+  migration?: number | null;
 }
 
 export interface FakeRegion {

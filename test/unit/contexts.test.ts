@@ -30,7 +30,8 @@ describe('a shared iommufd context', () => {
     assert.equal(ctx.closed, false);
     assert.equal(ctx.deviceCount, 1);
     assert.equal(b.readConfig(0, 2), 0x1b36);
-    assert.deepEqual(k.openPaths().sort(), ['/dev/iommu', '/dev/vfio/devices/vfio1']);
+    // b's cdev, and the eventfd of its request channel (REQ), armed while it is open
+    assert.deepEqual(k.openPaths().sort(), ['/dev/iommu', '/dev/vfio/devices/vfio1', 'anon_inode:[eventfd]']);
     ctx.close();
     assert.equal(b.closed, true);
     assertNoLeaks(k);
@@ -119,7 +120,7 @@ describe('what this process holds', () => {
     const ctx = createContext('iommufd', { kernel: k });
     catchError(() => openDevice(EDU, { kernel: k, context: ctx }), DeviceBusyError);
     ctx.close();
-    assert.deepEqual(k.openPaths().sort(), ['/dev/iommu', '/dev/vfio/devices/vfio0']);
+    assert.deepEqual(k.openPaths().sort(), ['/dev/iommu', '/dev/vfio/devices/vfio0', 'anon_inode:[eventfd]'], 'the cdev, and its request channel\'s eventfd');
     assert.equal(k.deviceOpenCount(EDU), 1);
     a.close();
     const again = openDevice(EDU, { kernel: k });
@@ -139,9 +140,11 @@ describe('what this process holds', () => {
 
 describe('closing', () => {
   test('closing a context closes its devices, last bound first, then itself', () => {
+    // each device closes its request channel's eventfd, then its own fd (and its group's, the last one out)
+    const REQ = 'anon_inode:[eventfd]';
     const expected = {
-      iommufd: ['/dev/vfio/devices/vfio1', '/dev/vfio/devices/vfio0', '/dev/iommu'],
-      legacy: ['anon_inode:[vfio-device]', '/dev/vfio/4', 'anon_inode:[vfio-device]', '/dev/vfio/3', '/dev/vfio/vfio'],
+      iommufd: [REQ, '/dev/vfio/devices/vfio1', REQ, '/dev/vfio/devices/vfio0', '/dev/iommu'],
+      legacy: [REQ, 'anon_inode:[vfio-device]', '/dev/vfio/4', REQ, 'anon_inode:[vfio-device]', '/dev/vfio/3', '/dev/vfio/vfio'],
     };
     for (const route of ['iommufd', 'legacy'] as const) {
       const k = FakeKernel.host({ devices: [{ address: EDU }, { address: TESTDEV }] });

@@ -8,6 +8,8 @@ import { EDU, EDU_REG, FakeKernel, type HostOptions } from '../fake-kernel.js';
 import { catchError } from '../helpers.js';
 import { DEVICE_ROUTES, assertClean, eventfds, tick } from '../devices.js';
 
+const setIrqs = (k: FakeKernel): number => k.ioctlNames().filter((n) => n === 'VFIO_DEVICE_SET_IRQS').length;
+
 for (const r of DEVICE_ROUTES) {
   describe(`interrupts (${r.name})`, () => {
     function open(o: HostOptions = {}): { k: FakeKernel; dev: VfioDevice } {
@@ -42,14 +44,15 @@ for (const r of DEVICE_ROUTES) {
       const set = dev.enableIrqs('MSI');
       assert.equal(set.info.name, 'MSI');
       assert.equal(set.vectors.length, 1);
-      assert.deepEqual(k.irqState(EDU), { type: 'msi', wired: 1, masked: false, err: false, req: false });
-      assert.equal(eventfds(k), 1);
+      // req: the device's request channel, armed by the library at bind
+      assert.deepEqual(k.irqState(EDU), { type: 'msi', wired: 1, masked: false, err: false, req: true });
+      assert.equal(eventfds(k), 2, 'the vector\'s eventfd, and the request channel\'s');
       const v = set.vector(0);
       const waiting = v.wait();
-      assert.equal(k.activeWatches(), 1, 'watched while someone waits');
+      assert.equal(k.keepAliveWatches(), 1, 'watched while someone waits');
       assert.equal(k.raiseIrq(EDU, 'MSI'), true);
       assert.equal(await waiting, 1n);
-      assert.equal(k.activeWatches(), 0, 'an idle vector is not watched');
+      assert.equal(k.keepAliveWatches(), 0, 'an idle vector is not watched');
       // interrupts while nobody waits are counted, and the next wait gets them at once
       k.raiseIrq(EDU, 'MSI');
       k.raiseIrq(EDU, 'MSI');
@@ -64,7 +67,7 @@ for (const r of DEVICE_ROUTES) {
       const { k, dev } = open();
       const v = dev.enableIrqs('MSI').vector(0);
       assert.equal(await v.wait({ timeoutMs: 15 }), null);
-      assert.equal(k.activeWatches(), 0);
+      assert.equal(k.keepAliveWatches(), 0);
       const late = v.wait({ timeoutMs: 1000 });
       k.raiseIrq(EDU, 'MSI');
       assert.equal(await late, 1n, 'an interrupt before the timeout resolves it');
@@ -92,6 +95,7 @@ for (const r of DEVICE_ROUTES) {
 
     test('INTx: automasked after it fires; unmask() re-arms it (and fires again while edu still asserts it)', async () => {
       const { k, dev } = open();
+      const armed = setIrqs(k); // the request channel's, at bind
       const bar = dev.mapRegion('BAR0');
       const set = dev.enableIrqs('INTX');
       const v = set.vector(0);
@@ -108,7 +112,7 @@ for (const r of DEVICE_ROUTES) {
       assert.equal(await v.wait({ timeoutMs: 15 }), null);
       bar.write32(EDU_REG.IRQ_RAISE, 0x2);
       assert.equal(await v.wait({ timeoutMs: 1000 }), 1n);
-      assert.equal(k.ioctlNames().filter((n) => n === 'VFIO_DEVICE_SET_IRQS').length, 3, 'enable, unmask, unmask');
+      assert.equal(setIrqs(k) - armed, 3, 'enable, unmask, unmask');
       set.disable();
       catchError(() => v.unmask(), ClosedError);
       dev.close();
@@ -122,7 +126,7 @@ for (const r of DEVICE_ROUTES) {
       const e = catchError(() => dev.enableIrqs('INTX'), UsageError);
       assert.match(e.message, /MSI is enabled on 0000:00:10\.0: disable it before enabling INTX/);
       catchError(() => dev.enableIrqs('MSI'), UsageError);
-      assert.equal(eventfds(k), 1);
+      assert.equal(eventfds(k), 2, 'MSI\'s, and the request channel\'s');
       assert.equal(k.ioctlNames().filter((n) => n === 'VFIO_DEVICE_SET_IRQS').length, setIrqs);
       set.disable();
       dev.enableIrqs('INTX');
@@ -131,27 +135,32 @@ for (const r of DEVICE_ROUTES) {
       assertClean(k);
     });
 
-    test('REQ (device request) alongside MSI, as the kernel allows (vfio-pci keeps its trigger apart)', () => {
+    test('REQ (device request) is armed at bind and stays alongside MSI (vfio-pci keeps its trigger apart); it is the library\'s', () => {
       const { k, dev } = open();
       try {
+        assert.equal(k.irqState(EDU).req, true, 'armed at bind');
+        assert.deepEqual(dev.hostChannels, { request: true, error: false }, 'edu is not PCIe: no ERR');
         dev.enableIrqs('MSI');
-        dev.enableIrqs('REQ');
         assert.equal(k.irqState(EDU).req, true);
+        assert.match(catchError(() => dev.enableIrqs('REQ'), UsageError).message, /REQ of 0000:00:10\.0 is the library's request channel: listen for the device's 'request' event/);
       } finally {
         dev.close();
       }
+      assert.equal(k.irqState(EDU).req, false, 'unwired at close');
+      assertClean(k);
     });
 
     test('what cannot be enabled is a UsageError: an index out of range, an index without vectors, too many vectors', () => {
       const { k, dev } = open();
+      const [eventfdCalls, armed] = [k.calls.filter((c) => c.call === 'eventfd').length, setIrqs(k)];
       assert.match(catchError(() => dev.enableIrqs(7), UsageError).message, /0000:00:10\.0 has no IRQ index 7 \(it has INTX, MSI, MSIX, ERR, REQ\)/);
       catchError(() => dev.enableIrqs('FOO'), UsageError);
       assert.match(catchError(() => dev.enableIrqs('MSIX'), UsageError).message, /0000:00:10\.0 has no MSIX interrupts/);
       catchError(() => dev.enableIrqs('ERR'), UsageError);
       assert.match(catchError(() => dev.enableIrqs('MSI', { count: 2 }), UsageError).message, /MSI of 0000:00:10\.0 has 1 vector\(s\); cannot enable 2/);
       catchError(() => dev.enableIrqs('MSI', { count: 0 }), UsageError);
-      assert.equal(k.calls.filter((c) => c.call === 'eventfd').length, 0);
-      assert.ok(!k.ioctlNames().includes('VFIO_DEVICE_SET_IRQS'));
+      assert.equal(k.calls.filter((c) => c.call === 'eventfd').length, eventfdCalls, 'no eventfd made');
+      assert.equal(setIrqs(k), armed, 'no VFIO_DEVICE_SET_IRQS issued');
       dev.close();
       assertClean(k);
     });
@@ -159,8 +168,8 @@ for (const r of DEVICE_ROUTES) {
     test('several MSI-X vectors: each has its own eventfd; vector() out of range is a UsageError', async () => {
       const { k, dev } = open({ devices: [{ address: EDU, irqs: { msix: 4 } }] });
       const set = dev.enableIrqs('MSIX', { count: 3 });
-      assert.equal(eventfds(k), 3);
-      assert.deepEqual(k.irqState(EDU), { type: 'msix', wired: 3, masked: false, err: false, req: false });
+      assert.equal(eventfds(k), 4, 'three vectors\', and the request channel\'s');
+      assert.deepEqual(k.irqState(EDU), { type: 'msix', wired: 3, masked: false, err: false, req: true });
       const w = set.vector(2).wait();
       k.raiseIrq(EDU, 'MSIX', 2);
       assert.equal(await w, 1n);
@@ -180,6 +189,7 @@ for (const r of DEVICE_ROUTES) {
 
     test('disable(): the kernel stops signalling, the eventfds close, waiters are rejected; idempotent', async () => {
       const { k, dev } = open();
+      const armed = setIrqs(k);
       const set = dev.enableIrqs('MSI');
       const v = set.vector(0);
       const waiting = v.wait();
@@ -187,13 +197,14 @@ for (const r of DEVICE_ROUTES) {
       await assert.rejects(waiting, ClosedError);
       await assert.rejects(v.wait(), ClosedError);
       assert.equal(set.disabled, true);
-      assert.equal(eventfds(k), 0);
-      assert.equal(k.activeWatches(), 0);
+      assert.equal(eventfds(k), 1, 'only the request channel\'s is left');
+      assert.equal(k.keepAliveWatches(), 0);
+      assert.equal(k.activeWatches(), 1, 'the request channel\'s watch, which does not keep the loop alive');
       assert.equal(k.irqState(EDU).type, 'none');
       assert.equal(k.raiseIrq(EDU, 'MSI'), false, 'nothing is wired any more');
       set.disable();
       set[Symbol.dispose]();
-      assert.equal(k.ioctlNames().filter((n) => n === 'VFIO_DEVICE_SET_IRQS').length, 2, 'enable and one disable');
+      assert.equal(setIrqs(k) - armed, 2, 'enable and one disable');
       dev.close();
       assertClean(k);
     });
@@ -204,7 +215,7 @@ for (const r of DEVICE_ROUTES) {
       k.failNext({ request: VFIO.DEVICE_SET_IRQS, errno: 'EIO' });
       const e = catchError(() => set.disable(), KernelError);
       assert.equal(e.step, 'VFIO_DEVICE_SET_IRQS');
-      assert.equal(eventfds(k), 0);
+      assert.equal(eventfds(k), 1, 'only the request channel\'s is left');
       dev.enableIrqs('MSI');
       dev.close();
       assertClean(k);

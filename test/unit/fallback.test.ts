@@ -89,8 +89,9 @@ for (const rule of FALLBACK_TABLE) {
           if (s.reason) assert.match(dev.report.fallback!.reason, s.reason);
           assert.equal(dev.report.nodes.group, s.group ?? '/dev/vfio/3');
           assert.deepEqual(dev.report.device_info, { flags: ['PCI'], regions: 9, irqs: 5 });
-          // the iommufd route's fds were closed before the legacy route began
-          assert.deepEqual(k.openPaths().sort(), ['/dev/vfio/vfio', s.group ?? '/dev/vfio/3', 'anon_inode:[vfio-device]'].sort());
+          // the iommufd route's fds were closed before the legacy route began (the eventfd is the bound
+          // device's request channel, REQ)
+          assert.deepEqual(k.openPaths().sort(), ['/dev/vfio/vfio', s.group ?? '/dev/vfio/3', 'anon_inode:[vfio-device]', 'anon_inode:[eventfd]'].sort());
           assert.equal(dev.readConfig(0, 2), 0x1234, 'the device works');
           assert.deepEqual(k.pendingFailures(), [], 'the injected failure was met');
         } finally {

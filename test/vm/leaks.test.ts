@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { locate, openDevice, type RoutePolicy } from '../../src/index.js';
 import { CASE, chownNodes, EDU, errorSignature, hideNode, NOBODY, WorkerProcess } from './helpers.js';
-import type { Counts } from './leak-worker.js';
+import type { Counts } from './counts.js';
 
 const FAILED_BINDS = 10_000;
 const CYCLES = 1_000;
