@@ -17,12 +17,17 @@ MTTY_UUID=83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
 # A second edu at 00:12.0 for two devices in one IOMMU context (the DMA cases). On iommufd-6.12-intel
 # also: an edu alone behind a PCIe root port (it gets a bus reset); an e1000e left to its own driver
 # (MSI-X, and moving drivers); an edu sharing an IOMMU group with two virtio-rngs on virtio-pci behind
-# a PCIe-to-PCI bridge (a group that is not viable, and one that moves only whole).
+# a PCIe-to-PCI bridge (a group that is not viable, and one that moves only whole); an edu behind its own
+# root port for QMP device_del (hot-unplug by pciehp: q35's ACPI hotplug on root ports is turned off,
+# or QEMU's _OSC keeps native hotplug from the guest); a PCIe e1000e behind a root port for AER.
 EDU2=(--device edu,addr=12.0)
 MORE_DEVICES=("${EDU2[@]}" --device pcie-root-port,id=rp1,chassis=1,addr=13.0 --device edu,bus=rp1
               --device e1000e,addr=14.0,romfile= --append vmt.load=e1000e
               --device pcie-pci-bridge,id=br1,addr=15.0 --device edu,bus=br1,addr=1.0
-              --device virtio-rng-pci,bus=br1,addr=2.0 --device virtio-rng-pci,bus=br1,addr=3.0)
+              --device virtio-rng-pci,bus=br1,addr=2.0 --device virtio-rng-pci,bus=br1,addr=3.0
+              --device pcie-root-port,id=rp2,chassis=2,addr=16.0 --device edu,bus=rp2,id=hotedu
+              --device pcie-root-port,id=rp3,chassis=3,addr=17.0 --device e1000e,bus=rp3,id=nic-aer,romfile=
+              --qemu -global --qemu ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off)
 
 # Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options) and CHECK (the guest's assertions).
 # Guest commands see the checkout as their working directory and $VFIO_PROBE, a C witness (guest/vfio-probe.c).

@@ -270,6 +270,25 @@ function groupCheck(f: Facts): Check | null {
   };
 }
 
+/** Whether the host can ask a holder for the device back: vfio-pci relays it (REQ); an mdev has no request op. */
+function releaseCheck(f: Facts): Check | null {
+  const loc = f.loc;
+  if (!loc) return null;
+  if (loc.bus === 'mdev') {
+    return {
+      id: 'release', status: 'warn',
+      summary: `${loc.name} is an mdev: it has no request channel: removing it while a process holds it blocks until that process exits`,
+      evidence: [`${loc.sysfsPath}: an mediated device (its vendor driver, ${loc.driver ?? 'none'}, has no request op)`],
+    };
+  }
+  if (!loc.driver?.startsWith('vfio')) return null; // the driver check says what is wrong first
+  return {
+    id: 'release', status: 'ok',
+    summary: `the host can ask for ${loc.name} back: vfio-pci signals its request interrupt (REQ), and a holder using vfio-bind releases it`,
+    evidence: [],
+  };
+}
+
 /** The route bind would take, from the nodes; and whether that route would refuse the IOMMU's interrupts. */
 function routeCheck(f: Facts): Check | null {
   const p = f.prediction;
@@ -295,7 +314,7 @@ function routeCheck(f: Facts): Check | null {
 /** Every check, in the order the report lists them. */
 export const CHECKS: readonly CheckFn[] = [
   iommuCheck, interruptRemappingCheck, kernelCheck, modulesCheck, deviceCheck, permissionsCheck, memlockCheck,
-  driverCheck, groupCheck, routeCheck,
+  driverCheck, groupCheck, routeCheck, releaseCheck,
 ];
 
 export function doctor(kernel: Kernel, spec?: string): DoctorReport {

@@ -8,6 +8,7 @@ import './race.test.js';
 import './leaks.test.js';
 import './permissions.test.js';
 import './consumer.test.js';
+import './requests.test.js';
 
 // What `node --test --test-timeout` would do: a case whose tests hang fails with a message, well
 // before the guest's own timeout (VM_CASE_TIMEOUT) kills it.

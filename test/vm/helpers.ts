@@ -291,3 +291,41 @@ export function chmodNode(node: string, mode: number): () => void {
 
 /** No stack trace in a CLI's output (what a user sees is one message, and a hint). */
 export const STACK_TRACE = /^\s+at .+[(:]\d+/m;
+
+let hostRequests = 0;
+
+/**
+ * Asks the host to run a QMP command on this guest's QEMU (testbed/qmp-relay.mjs): device_del,
+ * device_add, or HMP through human-monitor-command. Resolves with QEMU's answer.
+ */
+export async function hostCommand(command: Record<string, unknown>, timeoutMs = 30_000): Promise<{ return?: unknown; error?: { class: string; desc: string } }> {
+  const dir = '/vmrun/host-requests';
+  fs.mkdirSync(dir, { recursive: true });
+  const id = `${process.pid}-${++hostRequests}`;
+  fs.writeFileSync(`${dir}/${id}.tmp`, JSON.stringify(command));
+  fs.renameSync(`${dir}/${id}.tmp`, `${dir}/${id}.json`);
+  const reply = `${dir}/${id}.reply.json`;
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+    if (fs.existsSync(reply)) return JSON.parse(fs.readFileSync(reply, 'utf8')) as { return?: unknown; error?: { class: string; desc: string } };
+  }
+  throw new Error(`the host did not answer ${JSON.stringify(command)} within ${timeoutMs} ms (is testbed/qmp-relay.mjs running?)`);
+}
+
+/** The QMP events the host saw so far (DEVICE_DELETED, ...). */
+export function qmpEvents(): { event: string; data?: Record<string, unknown> }[] {
+  try {
+    return fs.readFileSync('/vmrun/qmp-events.jsonl', 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string });
+  } catch {
+    return [];
+  }
+}
+
+/** Polls until `check` is true (or throws with `what` after timeoutMs). */
+export async function until(what: string, check: () => boolean, timeoutMs = 30_000): Promise<number> {
+  const t0 = Date.now();
+  while (!check()) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return Date.now() - t0;
+}

@@ -2,6 +2,9 @@
 // without a 'request' listener, arms MSI and runs a DMA loop on them, and reports what the host's
 // requests did: the events seen, the errors later calls got, and the fds and mappings left.
 import { allocDmaBuffer, createContext, openDevice, type DmaBuffer, type IommuContext, type RoutePolicy, type VfioDevice } from '../../src/index.js';
+import { loadAddon } from '../../src/sys/native-kernel.js';
+import { encode } from '../../src/uapi/struct.js';
+import { VFIO, VFIO_IRQ_SET, VFIO_PCI_IRQ, vfio_irq_set } from '../../src/uapi/vfio.js';
 import { counts } from './counts.js';
 import { errorRecord, serveCommands, type ErrorRecord } from './helpers.js';
 
@@ -78,6 +81,13 @@ serveCommands({
     setImmediate(step);
     return {};
   },
+  /** vfio-pci's loopback of the ERR trigger (DATA_NONE, count 1): signals the armed eventfd as an AER error would */
+  loopbackErr: (m) => {
+    const device = devices.get(String(m.spec))!;
+    const flags = VFIO_IRQ_SET.DATA_NONE | VFIO_IRQ_SET.ACTION_TRIGGER;
+    loadAddon().ioctl(device.fd, VFIO.DEVICE_SET_IRQS, encode(vfio_irq_set, { argsz: vfio_irq_set.size, flags, index: VFIO_PCI_IRQ.ERR, start: 0, count: 1 }));
+    return {};
+  },
   /** what a later call on a device (and its context) answers */
   probe: (m) => {
     const device = devices.get(String(m.spec))!;
@@ -93,7 +103,7 @@ serveCommands({
     return {
       closed: device.closed,
       config: answer(() => device.readConfig(0, 2)),
-      map: answer(() => device.context.mappings()),
+      map: answer(() => device.context.iovaRanges()),
       contextClosed: device.context.closed,
     };
   },
