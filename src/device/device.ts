@@ -17,7 +17,7 @@ import { HostChannels, type HostSignal } from './host-requests.js';
 import { readMigration, type MigrationSupport } from './migration.js';
 import { RegionMapping } from './mmio.js';
 import { PciFunction } from './pci.js';
-import { absentRegion, readRegionInfo, type RegionInfo } from './regions.js';
+import { absentRegion, checkAccess, readRegionInfo, type RegionInfo } from './regions.js';
 import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
 import type { DeviceInfo, OpenDeviceOptions, RouteReport, VfioDeviceEvents } from './types.js';
 
@@ -303,17 +303,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
   }
 
   private checkedRange(which: number | string, offset: number | bigint, length: number, what: 'read' | 'write'): RegionInfo {
-    const region = this.region(which);
-    if (typeof offset === 'number' && !Number.isSafeInteger(offset)) throw new UsageError(`offset ${offset} is not an integer`);
-    if (!Number.isSafeInteger(length)) throw new UsageError(`length ${length} is not an integer`);
-    if (what === 'read' ? !region.readable : !region.writable) {
-      throw new UsageError(`region ${region.name} of ${this.name} is not ${what === 'read' ? 'readable' : 'writable'}`);
-    }
-    const start = BigInt(offset);
-    if (start < 0n || length < 0 || start + BigInt(length) > region.size) {
-      throw new UsageError(`${what} of ${length} bytes at ${start} is outside ${region.name} (size ${region.size})`);
-    }
-    return region;
+    return checkAccess(this.region(which), this.name, offset, length, what);
   }
 
   /**

@@ -1,6 +1,7 @@
 // Device regions: what VFIO_DEVICE_GET_REGION_INFO says of each, under its name.
 import { deviceGetRegionInfo } from '../ioctl/device.js';
 import type { StepCalls } from '../sys/calls.js';
+import { UsageError } from '../errors.js';
 import { VFIO_PCI_REGION, VFIO_REGION_INFO_FLAG } from '../uapi/vfio.js';
 
 export interface RegionInfo {
@@ -44,4 +45,18 @@ export function readRegionInfo(calls: StepCalls, fd: number, index: number, pci:
     sparseMmap: info.sparseMmap,
     type: info.type,
   };
+}
+
+/** Checks a pread/pwrite of a region before it is issued: integers, the region's access, its bounds. */
+export function checkAccess(region: RegionInfo, device: string, offset: number | bigint, length: number, what: 'read' | 'write'): RegionInfo {
+  if (typeof offset === 'number' && !Number.isSafeInteger(offset)) throw new UsageError(`offset ${offset} is not an integer`);
+  if (!Number.isSafeInteger(length)) throw new UsageError(`length ${length} is not an integer`);
+  if (what === 'read' ? !region.readable : !region.writable) {
+    throw new UsageError(`region ${region.name} of ${device} is not ${what === 'read' ? 'readable' : 'writable'}`);
+  }
+  const start = BigInt(offset);
+  if (start < 0n || length < 0 || start + BigInt(length) > region.size) {
+    throw new UsageError(`${what} of ${length} bytes at ${start} is outside ${region.name} (size ${region.size})`);
+  }
+  return region;
 }

@@ -19,45 +19,13 @@ import {
   vfio_group_status,
   vfio_region_info,
 } from '../../src/uapi/vfio.js';
-import { EDU, FakeKernel, RDEV, TESTDEV, type Errno } from '../fake-kernel.js';
+import { EDU, FakeKernel, TESTDEV } from '../fake-kernel.js';
+import { attach, bind, closeAll, int32, ioasAlloc, throwsErrno } from '../fake-raw.js';
 
 const MDEV = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 
-function throwsErrno(fn: () => unknown, code: Errno, syscall?: string): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(isSysError(e), `not a system error: ${String(e)}`);
-    assert.equal(e.code, code);
-    assert.ok(e.errno < 0);
-    if (syscall) assert.equal(e.syscall, syscall);
-    return true;
-  });
-}
 
-const int32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeInt32LE(v);
-  return b;
-};
 
-function bind(k: FakeKernel, cdevFd: number, iommufd: number): number {
-  const b = encode(vfio_device_bind_iommufd, { argsz: vfio_device_bind_iommufd.size, iommufd });
-  k.ioctl(cdevFd, VFIO.DEVICE_BIND_IOMMUFD, b);
-  return decode(vfio_device_bind_iommufd, b).out_devid;
-}
-function ioasAlloc(k: FakeKernel, iommufd: number): number {
-  const b = encode(iommu_ioas_alloc, { size: iommu_ioas_alloc.size });
-  k.ioctl(iommufd, IOMMU.IOAS_ALLOC, b);
-  return decode(iommu_ioas_alloc, b).out_ioas_id;
-}
-function attach(k: FakeKernel, cdevFd: number, pt: number): number {
-  const b = encode(vfio_device_attach_iommufd_pt, { argsz: vfio_device_attach_iommufd_pt.size, pt_id: pt });
-  k.ioctl(cdevFd, VFIO.DEVICE_ATTACH_IOMMUFD_PT, b);
-  return decode(vfio_device_attach_iommufd_pt, b).pt_id;
-}
-function closeAll(k: FakeKernel, ...fds: number[]): void {
-  for (const fd of fds.reverse()) k.close(fd);
-  assert.equal(k.openFds(), 0);
-}
 
 describe('errors', () => {
   test('shaped as Node fs errors: code, negative errno, syscall, path, message', () => {

@@ -1,5 +1,6 @@
 // The layers, read from the source: every import runs down (uapi < sys < ioctl and discovery < dma <
-// routes < device < host < cli), and only the call layer (src/ioctl) builds structs and issues ioctls.
+// routes < device < host < cli), only the call layer (src/ioctl) builds structs and issues ioctls, and
+// no source or test file grows past ~400 lines unless its header says why.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -61,4 +62,12 @@ test('only the call layer (src/ioctl) builds kernel structs and issues ioctls', 
     if (/\.ioctl\(/.test(text)) offenders.push(`${rel}: issues an ioctl`);
   }
   assert.deepEqual(offenders, []);
+});
+
+test('no file in src/ or test/ is over ~400 lines, unless its header says why', () => {
+  const long = [...files(SRC), ...files(path.join(ROOT, 'test'))]
+    .map((f) => ({ f: path.relative(ROOT, f), text: fs.readFileSync(f, 'utf8') }))
+    .filter(({ text }) => text.split('\n').length > 420 && !/^\/\/.*\b(a table|a list)\b.*\breads better whole\b/m.test(text.split('\n').slice(0, 12).join('\n')))
+    .map(({ f, text }) => `${f}: ${text.split('\n').length} lines`);
+  assert.deepEqual(long, []);
 });
