@@ -76,7 +76,8 @@ function load() {
   const cache = cacheFile(fs.statSync(file));
   const cachedData = cache ? readCache(cache) : undefined;
   const wrapped = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
-  const script = new vm.Script(wrapped, { filename: file, cachedData, importModuleDynamically: vm.constants?.USE_MAIN_CONTEXT_DEFAULT_LOADER });
+  // no importModuleDynamically: the bundle makes no dynamic import() (src/log.ts requires pino)
+  const script = new vm.Script(wrapped, { filename: file, cachedData });
   const module = { exports: {} };
   script.runInThisContext()(module.exports, createRequire(file), module, file, path.dirname(file));
   // after the command: the cache then holds the functions this run compiled, not only the top level

@@ -1,5 +1,6 @@
 // Logging. The library logs through any pino-compatible logger it is given and is silent otherwise,
 // so embedding it costs nothing; the CLI builds a pino logger on stderr (loaded only when asked).
+import { createRequire } from 'node:module';
 
 export interface Logger {
   /** pino's: lets hot paths skip building log records nobody will see */
@@ -18,6 +19,9 @@ export type LogLevel = 'silent' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 /** A pino logger writing JSON lines to stderr (fd 2), so stdout stays the command's output. */
 export async function createStderrLogger(level: LogLevel): Promise<Logger> {
   if (level === 'silent') return silentLogger;
-  const { default: pino } = await import('pino');
+  // require, not import(): the CLI's bundle runs as a vm.Script, where a dynamic import() needs
+  // Node's experimental USE_MAIN_CONTEXT_DEFAULT_LOADER, and fails outright once the script comes
+  // from its code cache. pino is CommonJS.
+  const pino = createRequire(import.meta.url)('pino') as typeof import('pino').default;
   return pino({ level, base: { name: 'vfio-bind' } }, pino.destination({ fd: 2, sync: true })) as unknown as Logger;
 }

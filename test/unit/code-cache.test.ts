@@ -78,6 +78,16 @@ describe('the CLI\'s code cache', { skip, concurrency: false }, () => {
     assert.equal(st.uid, process.geteuid!());
   });
 
+  test('--log-level debug loads pino from a cold and from a warm code cache (no dynamic import in the bundle)', () => {
+    for (const run of ['cold', 'warm']) {
+      const r = spawnSync(process.execPath, [BIN, 'bind', '0000:00:1f.6', '--log-level', 'debug'], { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: xdg } });
+      assert.equal(r.status, 3, `${run}: ${r.stderr}`);
+      assert.doesNotMatch(r.stderr, /internal error|ExperimentalWarning|dynamic import/, `${run}: ${r.stderr}`);
+      assert.match(r.stderr, /^vfio-bind: no device 0000:00:1f\.6/m);
+    }
+    assert.equal(caches(xdg).length, 1);
+  });
+
   test('no usable cache directory, or VFIO_BIND_CODE_CACHE=0: the CLI runs without one', () => {
     const file = path.join(xdg, 'not-a-dir');
     fs.writeFileSync(file, '');
