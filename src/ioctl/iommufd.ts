@@ -84,7 +84,9 @@ export function ioasMap(calls: StepCalls, iommufd: number, m: IoasMap): void {
   calls.ioctl('IOMMU_IOAS_MAP', iommufd, encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags, ioas_id: m.ioasId, user_va: m.vaddr, length: m.length, iova: m.iova }));
 }
 
-/** IOMMU_IOAS_UNMAP. */
-export function ioasUnmap(calls: StepCalls, iommufd: number, ioasId: number, iova: bigint, length: bigint): void {
-  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: ioasId, iova, length }));
+/** IOMMU_IOAS_UNMAP: returns the bytes the kernel unmapped. */
+export function ioasUnmap(calls: StepCalls, iommufd: number, ioasId: number, iova: bigint, length: bigint): bigint {
+  const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: ioasId, iova, length });
+  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, arg);
+  return decode(iommu_ioas_unmap, arg).length;
 }

@@ -102,7 +102,8 @@ export class IommufdContext extends IommuContext {
 
   unmapRaw(iova: bigint, size: bigint): void {
     const calls = this.steps();
-    ioasUnmap(calls, this.fd, this.ioas(calls), iova, size);
+    const unmapped = ioasUnmap(calls, this.fd, this.ioas(calls), iova, size);
+    if (unmapped !== size) calls.fail('IOMMU_IOAS_UNMAP', null, `the kernel unmapped ${unmapped} of ${size} bytes`);
   }
 }
 
