@@ -24,7 +24,8 @@ export interface Addon {
   eventfd(): number;
   watch(fd: number, callback: (err: Error | null, count?: bigint) => void, keepAlive?: boolean): object;
   unwatch(handle: object): void;
-  liveCounts(): { mappings: number; watches: number };
+  /** mappings and watches alive now, and how many the garbage collector had to undo (leaks) */
+  liveCounts(): { mappings: number; watches: number; finalized: { mappings: number; watches: number } };
   /** the errno name a failed call's .code carries, or null for a number Linux does not define */
   errnoName(errno: number): string | null;
 }

@@ -111,3 +111,109 @@ test('watch(fd, cb, keepAlive = false) does not keep the process alive; a defaul
   });
   assert.deepEqual(await Promise.all([run(false), run(true)]), ['exited', 'alive']);
 });
+
+// ---- memory, MMIO accessors, eventfds and the live counters, with real system calls -------------
+
+test('allocDma: page-aligned memory, counted live until unmap, which detaches every view (and is idempotent)', () => {
+  const before = addon.liveCounts();
+  const mem = addon.allocDma(3 * 4096, false);
+  assert.equal(mem.byteLength, 3 * 4096);
+  assert.equal(addon.addressOf(mem) % 4096n, 0n, 'page-aligned');
+  const bytes = new Uint8Array(mem);
+  const words = new Uint32Array(mem, 4096, 4);
+  bytes.fill(0x5a);
+  assert.equal(words[0], 0x5a5a5a5a, 'real memory, seen through every view');
+  assert.equal(addon.liveCounts().mappings, before.mappings + 1);
+  addon.unmap(mem);
+  assert.equal(addon.liveCounts().mappings, before.mappings);
+  assert.deepEqual([mem.byteLength, bytes.length, words.length], [0, 0, 0], 'every view is detached: empty, never stale memory');
+  assert.throws(() => addon.addressOf(mem), (e: unknown) => (e as { code?: string }).code === 'EFAULT');
+  addon.unmap(mem); // again: nothing
+  assert.deepEqual(addon.liveCounts(), before);
+});
+
+test('allocDma with hugePages: ENOMEM without reserved huge pages; a 2 MiB page once one is reserved', (t) => {
+  const nr = '/proc/sys/vm/nr_hugepages';
+  const reserved = Number(fs.readFileSync(nr, 'utf8'));
+  if (reserved === 0) {
+    assert.throws(() => addon.allocDma(2 * 1024 * 1024, true), (e: unknown) => (e as { code?: string; syscall?: string }).code === 'ENOMEM' && (e as { syscall?: string }).syscall === 'mmap');
+  }
+  let restore: (() => void) | null = null;
+  try {
+    if (reserved === 0) {
+      fs.writeFileSync(nr, '1');
+      restore = () => fs.writeFileSync(nr, '0');
+    }
+  } catch (e) {
+    t.skip(`cannot reserve a huge page here (${(e as Error).message})`);
+    return;
+  }
+  try {
+    if (Number(fs.readFileSync(nr, 'utf8')) === 0) {
+      t.skip('the kernel reserved no huge page (no free 2 MiB of contiguous memory)');
+      return;
+    }
+    const mem = addon.allocDma(2 * 1024 * 1024, true);
+    try {
+      assert.equal(addon.addressOf(mem) % (2n * 1024n * 1024n), 0n, 'a huge page is 2 MiB-aligned');
+      const line = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-)/).find((m) => m.startsWith(addon.addressOf(mem).toString(16)));
+      assert.match(line ?? '', /KernelPageSize:\s+2048 kB/, 'backed by a 2 MiB page');
+    } finally {
+      addon.unmap(mem);
+    }
+  } finally {
+    restore?.();
+  }
+});
+
+test('MMIO accessors on a real mapping: exactly the width asked, little-endian, aligned, in range, never after unmap', () => {
+  const mem = addon.allocDma(4096, false);
+  try {
+    addon.mmioWrite(mem, 8, 8, 0x0807060504030201n);
+    assert.equal(addon.mmioRead(mem, 8, 1), 0x01);
+    assert.equal(addon.mmioRead(mem, 10, 2), 0x0403);
+    assert.equal(addon.mmioRead(mem, 12, 4), 0x08070605);
+    assert.equal(addon.mmioRead(mem, 8, 8), 0x0807060504030201n);
+    addon.mmioWrite(mem, 12, 2, 0xbeef);
+    assert.deepEqual([...new Uint8Array(mem, 8, 8)], [1, 2, 3, 4, 0xef, 0xbe, 7, 8], 'a 2-byte store changes exactly 2 bytes');
+    addon.mmioWrite(mem, 4092, 4, 0xffffffff);
+    assert.equal(addon.mmioRead(mem, 4092, 4), 0xffffffff, 'the last register');
+    const outOfRange = (e: unknown): boolean => e instanceof RangeError;
+    assert.throws(() => addon.mmioRead(mem, 2, 4), outOfRange, 'misaligned');
+    assert.throws(() => addon.mmioRead(mem, 4096, 4), outOfRange, 'past the end');
+    assert.throws(() => addon.mmioWrite(mem, -8, 8, 0n), outOfRange, 'negative');
+    assert.throws(() => addon.mmioRead(mem, 0, 3), TypeError, 'not a width');
+  } finally {
+    addon.unmap(mem);
+  }
+  assert.throws(() => addon.mmioRead(mem, 0, 4), (e: unknown) => (e as { code?: string }).code === 'EFAULT', 'an unmapped register');
+});
+
+test('eventfd: a watch gets the counter on the event loop, unwatch stops it, and the live counts follow', async () => {
+  const before = addon.liveCounts();
+  const fd = addon.eventfd();
+  try {
+    const counts: bigint[] = [];
+    let wake: () => void = () => {};
+    const handle = addon.watch(fd, (err, count) => {
+      assert.equal(err, null);
+      counts.push(count!);
+      wake();
+    });
+    assert.equal(addon.liveCounts().watches, before.watches + 1);
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(3n);
+    fs.writeSync(fd, one); // eventfd_signal, thrice over
+    await new Promise<void>((r) => (wake = r));
+    assert.deepEqual(counts, [3n], 'the count, read (and reset) in one callback');
+    addon.unwatch(handle);
+    addon.unwatch(handle); // again: nothing
+    assert.equal(addon.liveCounts().watches, before.watches);
+    fs.writeSync(fd, one);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(counts, [3n], 'no callback after unwatch');
+  } finally {
+    fs.closeSync(fd);
+  }
+  assert.deepEqual(addon.liveCounts(), before);
+});

@@ -1,18 +1,20 @@
-// What a leak would leave behind in this process: fds on VFIO and iommufd nodes, eventfds and VFIO
-// device files, mappings of VFIO nodes, and the addon's live mappings and eventfd watches.
+// What a leak would leave behind in this process, counted without trusting the garbage collector:
+// every open fd by what it points at (VFIO and iommufd nodes, eventfds and VFIO device files, but also
+// sysfs and /proc files, sockets and pipes), the mappings of VFIO nodes in /proc/self/maps, and the
+// addon's live mappings and watches together with those its finalizers had to undo (a buffer or watch
+// dropped without unmap/unwatch is a leak even once collected).
 import fs from 'node:fs';
 import { loadAddon } from '../../src/sys/native-kernel.js';
 
 export interface Counts {
-  /** open fds by what they point at */
+  /** open fds by what they point at (socket and pipe inode numbers dropped) */
   fds: Record<string, number>;
   /** lines of /proc/self/maps that map a VFIO node or device file */
   maps: number;
-  live: { mappings: number; watches: number };
+  live: { mappings: number; watches: number; finalized: { mappings: number; watches: number } };
 }
 
-const TRACKED_FD = /^\/dev\/(vfio|iommu)|^anon_inode:\[(eventfd|vfio-device)\]$/;
-const TRACKED_MAP = /\/dev\/(vfio|iommu)|vfio-device/;
+const VFIO_MAP = /\/dev\/(vfio|iommu)|vfio-device/;
 
 export function counts(): Counts {
   const fds: Record<string, number> = {};
@@ -23,9 +25,9 @@ export function counts(): Counts {
     } catch {
       continue; // the directory fd readdir used, closed since
     }
-    if (TRACKED_FD.test(target)) fds[target] = (fds[target] ?? 0) + 1;
+    const kind = target.replace(/^(socket|pipe):\[\d+\]$/, '$1');
+    fds[kind] = (fds[kind] ?? 0) + 1;
   }
-  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => TRACKED_MAP.test(l)).length;
+  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => VFIO_MAP.test(l)).length;
   return { fds, maps, live: loadAddon().liveCounts() };
 }
-
