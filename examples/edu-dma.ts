@@ -1,12 +1,13 @@
 // edu-dma: DMA through the IOMMU with QEMU's edu device, on whichever route the kernel offers.
-//   node dist/examples/edu-dma.js [DEVICE] [--route auto|iommufd|legacy]
+//   node dist/examples/edu-dma.js [DEVICE] [--route auto|iommufd|legacy] [--huge-pages]
 // It binds edu, checks its registers over the mmapped BAR0, copies a random page RAM -> edu -> RAM
 // with edu's DMA engine, waits for edu's completion interrupt on the MSI eventfd, and then shows the
 // IOMMU at work: a DMA to an IOVA that was just unmapped completes on the device's side, leaves the
-// buffer untouched, and the guest kernel logs the IOMMU fault. Exits 0 when every check held.
+// buffer untouched, and the guest kernel logs the IOMMU fault. Exits 0 when every check held. With
+// --huge-pages its buffers are 2 MiB huge pages (MAP_HUGETLB: reserve some in vm.nr_hugepages first).
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { allocDmaBuffer, openDevice, PCI_COMMAND, type RegionMapping, type RoutePolicy } from '../src/index.js';
+import { allocDmaBuffer, HUGE_PAGE_SIZE, openDevice, PCI_COMMAND, type RegionMapping, type RoutePolicy } from '../src/index.js';
 
 const EDU_ID = 0x00;
 const EDU_LIVENESS = 0x04;
@@ -29,6 +30,8 @@ const TRANSFER = 2048;
 const args = process.argv.slice(2);
 const routeAt = args.indexOf('--route');
 const route = (routeAt >= 0 ? args.splice(routeAt, 2)[1] : 'auto') as RoutePolicy;
+const hugeAt = args.indexOf('--huge-pages');
+const hugePages = hugeAt >= 0 && args.splice(hugeAt, 1).length === 1;
 const spec = args[0] ?? '0000:00:10.0';
 
 let failures = 0;
@@ -63,13 +66,14 @@ try {
   device.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
   const msi = device.enableIrqs('MSI').vector(0);
 
-  const source = allocDmaBuffer(4096);
-  const target = allocDmaBuffer(4096);
+  const size = hugePages ? HUGE_PAGE_SIZE : 4096;
+  const source = allocDmaBuffer(size, { hugePages });
+  const target = allocDmaBuffer(size, { hugePages });
   const pattern = randomBytes(TRANSFER);
   pattern.copy(source.bytes);
   const src = ctx.map(source, { limit: EDU_DMA_LIMIT });
   const dst = ctx.map(target, { limit: EDU_DMA_LIMIT });
-  console.log(`     mapped two pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
+  console.log(`     mapped two ${hugePages ? '2 MiB huge' : '4 KiB'} pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
 
   // RAM -> edu, with its completion interrupt
   await dma(bar, src.iova, EDU_BUFFER, TRANSFER, DMA_IRQ);

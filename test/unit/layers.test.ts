@@ -71,3 +71,13 @@ test('no file in src/ or test/ is over ~400 lines, unless its header says why', 
     .map(({ f, text }) => `${f}: ${text.split('\n').length} lines`);
   assert.deepEqual(long, []);
 });
+
+test('the VM suite knows every case of testbed/matrix.sh, and no other', async () => {
+  const { CASE_TESTS } = await import('../vm/case-test.js');
+  const matrix = fs.readFileSync(path.join(ROOT, 'testbed/matrix.sh'), 'utf8');
+  const defined = [...matrix.matchAll(/^case_([\w.-]+)\(\)/gm)].map((m) => m[1]!).sort();
+  const all = /^ALL=\(([^)]*)\)/m.exec(matrix)![1]!.split(/\s+/).filter(Boolean).sort();
+  assert.deepEqual(all, defined, 'matrix.sh runs every case it defines');
+  assert.deepEqual(Object.keys(CASE_TESTS).sort(), defined);
+  for (const [c, n] of Object.entries(CASE_TESTS)) assert.ok(n > 0, `${c} must run some tests`);
+});

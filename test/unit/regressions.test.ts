@@ -116,8 +116,10 @@ describe('iommufd.ts openCdev: an fstat failure leaks the cdev fd and escapes as
     } catch (e) {
       err = e;
     }
+    assert.deepEqual(k.pendingFailures(), [], 'the injected fstat failure was reached');
     assertNoLeaks(k); // the cdev fd is closed too
-    if (err !== undefined) assert.ok(err instanceof VfioError, String(err));
+    assert.ok(err instanceof VfioError, `a typed error, not ${String(err)}`);
+    assert.deepEqual([err.step, err.errno, err.route], ['check cdev', 'ENOMEM', 'iommufd'], 'it names the step that failed');
   });
 });
 

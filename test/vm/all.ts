@@ -1,5 +1,19 @@
 // Every real-kernel test, in this one node process (testbed/matrix.sh runs it directly, not under
 // `node --test`, which would start a second node: 1-2.5 s in a TCG guest).
+import { after } from 'node:test';
+import { CASE_TESTS, testsRun } from './case-test.js';
+import { CASE } from './helpers.js';
+
+// A case this suite does not know (a renamed case, no VM_CASE) would skip nearly everything and pass.
+if (!(CASE in CASE_TESTS)) {
+  process.stderr.write(`VM_CASE="${CASE}" is not a case of this suite (${Object.keys(CASE_TESTS).join(', ')})\n`);
+  process.exit(2);
+}
+after(() => {
+  const want = CASE_TESTS[CASE]!;
+  if (testsRun() < want) throw new Error(`${CASE} ran ${testsRun()} tests; it must run at least ${want} (test/vm/case-test.ts)`);
+  process.stdout.write(`${CASE}: ${testsRun()} tests ran (at least ${want} must)\n`);
+});
 import './bind.test.js';
 import './mdev.test.js';
 import './device.test.js';
@@ -9,6 +23,9 @@ import './leaks.test.js';
 import './permissions.test.js';
 import './consumer.test.js';
 import './requests.test.js';
+import './claims.test.js';
+import './claims-dma.test.js';
+import './scenarios.test.js';
 
 // What `node --test --test-timeout` would do: a case whose tests hang fails with a message, well
 // before the guest's own timeout (VM_CASE_TIMEOUT) kills it.

@@ -1,6 +1,6 @@
 // Issue 3 on real kernels: which route each test-bed kernel leads to, and why; errors for devices no
 // route can take; a device held by another process is reported busy, never bound twice.
-import { test } from 'node:test';
+import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { openDevice, DeviceBusyError, NoRouteError, NotVfioDeviceError, DeviceNotFoundError } from '../../src/index.js';
@@ -80,8 +80,10 @@ test('virtio-iommu without unsafe interrupts: an error naming the missing isolat
   assert.equal(e.step, 'VFIO_DEVICE_BIND_IOMMUFD');
   assert.match(e.message, /no interrupt isolation/);
   assert.match(e.hint, /iommufd\.allow_unsafe_interrupts=1/);
-  const legacy = json<{ hint: string; step: string }>(runCli(['bind', EDU, '--json', '--route', 'legacy']));
-  assert.equal(legacy.step, 'VFIO_SET_IOMMU');
+  const l = runCli(['bind', EDU, '--json', '--route', 'legacy']);
+  assert.equal(l.code, 6, 'no usable route, on the legacy route too');
+  const legacy = json<{ error: string; errno: string; hint: string; step: string }>(l);
+  assert.deepEqual([legacy.error, legacy.errno, legacy.step], ['no-route', 'EPERM', 'VFIO_SET_IOMMU']);
   assert.match(legacy.hint, /vfio_iommu_type1\.allow_unsafe_interrupts=1/);
 });
 
@@ -137,6 +139,7 @@ const iommufdUsable = expected?.route === 'iommufd';
 for (const route of ['iommufd', 'legacy'] as const) {
   test(`a device held through ${route} by another process is reported busy`, { skip: (!expected || (route === 'iommufd' && !iommufdUsable)) && 'route not available here' }, async () => {
     const holder = await holdDevice(EDU, route);
+    let holderExit: number | null = null;
     try {
       assert.equal(holder.report.route, route);
       const err = (() => {
@@ -166,8 +169,10 @@ for (const route of ['iommufd', 'legacy'] as const) {
         assert.match(cli.stderr, /in use by another process/);
       }
     } finally {
-      assert.equal(await holder.stop(), 0);
+      // stopped either way; its exit status is checked after, so that a failure above is the one reported
+      holderExit = await holder.stop();
     }
+    assert.equal(holderExit, 0, 'the holder released the device and exited 0');
     // released: binding works again
     openDevice(EDU).close();
   });

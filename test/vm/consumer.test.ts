@@ -2,7 +2,7 @@
 // test/package/check.sh (npm install of the packed tarball, no compiler, no install script) binds edu
 // in a guest, through the library (its esm.mjs) and through its installed CLI. The guest has no
 // registry, so the project comes prepared; scripts/test.sh passes it in as VFIO_BIND_CONSUMER.
-import { test } from 'node:test';
+import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,5 +1,5 @@
 // An mdev (QEMU-less, IOMMU-less VFIO device from the mtty sample) binds by UUID on both routes.
-import { test } from 'node:test';
+import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { openDevice, NotVfioDeviceError } from '../../src/index.js';

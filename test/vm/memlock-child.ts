@@ -10,4 +10,6 @@ try {
 } catch (e) {
   if (!(e instanceof KernelError)) throw e;
   console.log(`${e.message}\nhint: ${e.hint}`);
+  // with --exit-code: exit as the CLI would for this error (the README's 7: the kernel refused)
+  if (process.argv.includes('--exit-code')) process.exitCode = e.exitCode;
 }

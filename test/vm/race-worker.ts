@@ -1,10 +1,16 @@
-// One of the two racers of race.test.ts (started once, commands over IPC). On "arm" it answers, then
-// spins synchronously — checking for the round's go file, sleeping 0.2 ms between checks on a
-// SharedArrayBuffer — and calls openDevice the moment the file exists. It reports what it got, with
-// CLOCK_MONOTONIC times (comparable across processes), and a winner holds the device until
-// "release", or the next "arm" (sent once the test has both results).
-import fs from 'node:fs';
+// One of the two racers of race.test.ts (started once, commands over IPC). On "arm" it answers and
+// starts binding at once; its kernel seam stops at the claim itself, the one system call that takes
+// ownership (VFIO_DEVICE_BIND_IOMMUFD on a cdev, or the open of the group node): a two-party barrier on
+// a page both racers map (a /dev/shm file, through the addon). Each writes the round's number into its
+// own slot, then spins until the other's slot holds it too; the second to arrive goes at once, and the
+// first sees it within one turn of its loop. No third process has to run in between (the guest has two
+// vCPUs, which multi-threaded TCG really runs at once). So both have done their sysfs discovery and
+// opens before either claims, and the two claims meet inside the kernel. It reports what it got with
+// CLOCK_MONOTONIC times of the claim (comparable across processes), and a winner holds the device
+// until "release", or the next "arm" (sent once the test has both results).
 import { openDevice, type RoutePolicy, type VfioDevice } from '../../src/index.js';
+import { loadAddon, NativeKernel } from '../../src/sys/native-kernel.js';
+import { VFIO } from '../../src/uapi/vfio.js';
 import { errorRecord, serveCommands, type ErrorRecord } from './helpers.js';
 
 export interface BindOutcome {
@@ -16,18 +22,59 @@ export interface BindOutcome {
 export interface RaceResult extends BindOutcome {
   type: 'result';
   round: number;
-  /** hrtime (ns) when it saw the go file, and when openDevice returned or threw */
-  seen: string;
-  done: string;
+  /** hrtime (ns) just before the first claim's system call, and when it returned */
+  claimStart: string;
+  claimEnd: string;
+  /** which claim it was: VFIO_DEVICE_BIND_IOMMUFD, or the group node opened */
+  claim: string;
 }
 
-const nap = new Int32Array(new SharedArrayBuffer(4));
+/** the group node (legacy's claim) */
+const GROUP_NODE = /^\/dev\/vfio\/(noiommu-)?\d+$/;
+
+/** The real kernel, with a barrier at the first claim of an armed bind. */
+class ClaimBarrier extends NativeKernel {
+  armed: { page: ArrayBuffer; round: number; slot: number } | null = null;
+  stamp: { start: bigint; end: bigint; claim: string } | null = null;
+
+  private claim<T>(what: string, call: () => T): T {
+    const armed = this.armed;
+    if (!armed) return call();
+    this.armed = null;
+    const { page, round, slot } = armed;
+    const addon = loadAddon();
+    addon.mmioWrite(page, slot * 2, 2, round); // here
+    const deadline = Date.now() + 60_000;
+    // one volatile load per turn: the other racer's slot
+    while (addon.mmioRead(page, (1 - slot) * 2, 2) !== round) {
+      if (Date.now() > deadline) process.exit(70); // the other racer (or the test) is gone
+    }
+    const start = process.hrtime.bigint();
+    try {
+      return call();
+    } finally {
+      this.stamp = { start, end: process.hrtime.bigint(), claim: what };
+    }
+  }
+
+  override open(path: string): number {
+    return GROUP_NODE.test(path) ? this.claim(path, () => super.open(path)) : super.open(path);
+  }
+
+  override ioctl(fd: number, request: number, arg?: number | Buffer): number {
+    return request === VFIO.DEVICE_BIND_IOMMUFD ? this.claim('VFIO_DEVICE_BIND_IOMMUFD', () => super.ioctl(fd, request, arg)) : super.ioctl(fd, request, arg);
+  }
+}
+
+const kernel = new ClaimBarrier();
 let held: VfioDevice | null = null;
+/** the pages shared with the test, mapped once each */
+const pages = new Map<string, ArrayBuffer>();
 
 function bind(device: string, policy: RoutePolicy): BindOutcome {
   if (held) return { won: false, error: errorRecord(new Error('this racer still holds the device from an earlier round')) };
   try {
-    held = openDevice(device, { route: policy });
+    held = openDevice(device, { route: policy, kernel });
     return { won: true, route: held.route, fallback: held.report.fallback };
   } catch (e) {
     return { won: false, error: errorRecord(e) };
@@ -41,16 +88,25 @@ function release(): boolean {
   return had;
 }
 
-function race(round: number, go: string, device: string, policy: RoutePolicy): void {
-  const deadline = Date.now() + 60_000;
-  while (!fs.existsSync(go)) {
-    if (Date.now() > deadline) process.exit(70); // the test is gone
-    Atomics.wait(nap, 0, 0, 0.2);
+function race(round: number, go: string, slot: number, device: string, policy: RoutePolicy): void {
+  let page = pages.get(go);
+  if (!page) {
+    const fd = kernel.open(go);
+    try {
+      pages.set(go, (page = kernel.mmap(fd, 0n, 4096, true)));
+    } finally {
+      kernel.close(fd);
+    }
   }
-  const seen = process.hrtime.bigint();
+  kernel.armed = { page, round, slot };
+  kernel.stamp = null;
   const outcome = bind(device, policy);
-  const done = process.hrtime.bigint();
-  const result: RaceResult = { type: 'result', round, ...outcome, seen: String(seen), done: String(done) };
+  const stamp = kernel.stamp as { start: bigint; end: bigint; claim: string } | null;
+  kernel.armed = null; // a bind that ended before any claim (the result says claim: none)
+  const result: RaceResult = {
+    type: 'result', round, ...outcome,
+    claimStart: String(stamp?.start ?? -1n), claimEnd: String(stamp?.end ?? -1n), claim: stamp?.claim ?? 'none',
+  };
   process.send!(result);
 }
 
@@ -58,11 +114,14 @@ serveCommands({
   arm: (m) => {
     // The last round is over (the test has both results): a device won then is released first.
     release();
-    // "armed" is written out before the spin blocks the event loop (the callback runs after the write)
-    process.send!({ id: m.id, type: 'armed' }, () => race(m.round as number, m.go as string, m.device as string, m.policy as RoutePolicy));
+    // "armed" is written out before the bind blocks the event loop at its claim
+    process.send!({ id: m.id, type: 'armed' }, () => race(m.round as number, m.go as string, m.slot as number, m.device as string, m.policy as RoutePolicy));
     return undefined;
   },
   bind: (m) => bind(m.device as string, m.policy as RoutePolicy),
   release: () => ({ released: release() }),
-  exit: () => held?.close(),
+  exit: () => {
+    held?.close();
+    for (const page of pages.values()) kernel.unmap(page);
+  },
 });

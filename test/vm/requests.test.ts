@@ -2,7 +2,7 @@
 // or the library holds edu (the write must return, the holder must let go), a QMP device_del of an edu
 // behind a root port while a process maps DMA in a loop with MSI armed, and the error interrupt on a
 // PCIe e1000e. Without a request channel the kernel waits for the holder forever.
-import { test } from 'node:test';
+import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -24,7 +24,11 @@ const driverOf = (bdf: string): string | null => {
 /** Gives the device back to vfio-pci (its driver_override still says vfio-pci) and waits for its group node. */
 async function rebind(bdf: string): Promise<void> {
   fs.writeFileSync(`/sys/bus/pci/devices/${bdf}/driver_override`, 'vfio-pci');
-  fs.writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+  // a device just hot-added may not probe at once (pciehp still enabling its slot): a few tries
+  for (let i = 0; i < 20 && driverOf(bdf) !== 'vfio-pci'; i++) {
+    fs.writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+    if (driverOf(bdf) !== 'vfio-pci') await new Promise((r) => setTimeout(r, 250));
+  }
   assert.equal(driverOf(bdf), 'vfio-pci', `${bdf} is back on vfio-pci`);
   const group = fs.readlinkSync(`/sys/bus/pci/devices/${bdf}/iommu_group`).split('/').pop()!;
   await until(`/dev/vfio/${group}`, () => fs.existsSync(`/dev/vfio/${group}`), 10_000);
