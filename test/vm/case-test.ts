@@ -26,7 +26,7 @@ export const testsRun = (): number => ran;
 export const CASE_TESTS: Readonly<Record<string, number>> = {
   'iommufd-6.12-mtty': 8,
   'iommufd-6.12-virtio': 16,
-  'iommufd-6.12-intel': 50,
+  'iommufd-6.12-intel': 52,
   'stock-6.1-intel': 21,
   'iommufd-6.12-hidden-iommu': 11,
   'stock-6.12-intel': 21,

@@ -160,3 +160,44 @@ test('the paths a bind opens (strace): only /sys, /dev/vfio, /dev/iommu and what
   assert.deepEqual(proc.filter((p) => p !== '/proc/meminfo'), ['/proc/self/maps']);
   fs.rmSync(trace, { force: true });
 });
+
+test('a group shared by several devices: every device of it must join one context ("another context of this process")', { skip: !BOTH && 'iommufd-6.12-intel only' }, () => {
+  // the edu behind the PCIe-to-PCI bridge shares its group with two virtio-rngs: move the whole group
+  const devices = fs.readdirSync('/sys/bus/pci/devices');
+  const rng = devices.find((d) => fs.readFileSync(`/sys/bus/pci/devices/${d}/device`, 'utf8').trim() === '0x1005');
+  assert.ok(rng, 'a virtio-rng behind the bridge');
+  const moved = runCli(['driver', rng, '--to', 'vfio-pci', '--group']);
+  assert.equal(moved.code, 0, moved.stderr);
+  try {
+    const members = fs.readdirSync(`/sys/bus/pci/devices/${rng}/iommu_group/devices`);
+    const edu = members.find((d) => d !== rng && fs.readFileSync(`/sys/bus/pci/devices/${d}/vendor`, 'utf8').trim() === '0x1234')!;
+    const a = createContext('legacy');
+    const b = createContext('legacy');
+    try {
+      using first = openDevice(edu, { context: a });
+      assert.equal(first.route, 'legacy');
+      assert.throws(() => openDevice(rng, { context: b }), (e: unknown) =>
+        e instanceof DeviceBusyError && /is already held by another legacy context of this process/.test(e.message) && e.step === 'claim group');
+      using second = openDevice(rng, { context: a }); // the same context: fine, one group fd for both
+      assert.equal(second.groupFd, first.groupFd);
+    } finally {
+      a.close();
+      b.close();
+    }
+  } finally {
+    const back = runCli(['driver', rng, '--restore', '--group']);
+    assert.equal(back.code, 0, back.stderr);
+  }
+});
+
+test('the CLI closes the fds it inherited (--device-fd/--iommufd-fd) when it is done with them', { skip: !BOTH && 'iommufd-6.12-intel only' }, () => {
+  const trace = '/tmp/vfio-bind-fds.strace';
+  // the shell opens the nodes as fds 3 and 4, the CLI binds through them; strace records its closes
+  const r = spawnSync('sh', ['-c', `exec 3<>${cdevOf().node} 4<>/dev/iommu; exec strace -f -qq -e trace=close -e signal=none -o ${trace} "$@"`, 'sh',
+    process.execPath, CLI, 'bind', EDU, '--device-fd', '3', '--iommufd-fd', '4', '--json'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(json<{ nodes: Record<string, string> }>({ code: r.status, stdout: r.stdout, stderr: r.stderr }).nodes, { iommu: '/dev/iommu', cdev: 'fd 3' });
+  const closes = fs.readFileSync(trace, 'utf8');
+  for (const fd of [3, 4]) assert.match(closes, new RegExp(`close\\(${fd}\\)\\s+= 0$`, 'm'), `fd ${fd} closed by the CLI`);
+  fs.rmSync(trace, { force: true });
+});
