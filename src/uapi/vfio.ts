@@ -29,9 +29,12 @@ export const VFIO = {
   IOMMU_MAP_DMA: vfio(13),
   IOMMU_UNMAP_DMA: vfio(14),
   DEVICE_FEATURE: vfio(17),
+  IOMMU_DIRTY_PAGES: vfio(17), // same number as DEVICE_FEATURE: one is sent to a container, one to a device
   DEVICE_BIND_IOMMUFD: vfio(18),
   DEVICE_ATTACH_IOMMUFD_PT: vfio(19),
   DEVICE_DETACH_IOMMUFD_PT: vfio(20),
+  /** sent to a migration data fd, not to the device */
+  MIG_GET_PRECOPY_INFO: vfio(21),
 } as const;
 
 /** IOMMU types for CHECK_EXTENSION and SET_IOMMU */
@@ -85,7 +88,9 @@ export const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3;
 /** VFIO_DEVICE_FEATURE's flags: the feature's index in the low 16 bits, and what is asked of it */
 export const VFIO_DEVICE_FEATURE_FLAG = { MASK: 0xffff, GET: 1 << 16, SET: 1 << 17, PROBE: 1 << 18 } as const;
 /** feature indexes, named as VFIO_DEVICE_FEATURE_<name> */
-export const VFIO_DEVICE_FEATURE_INDEX = { MIGRATION: 1 } as const;
+export const VFIO_DEVICE_FEATURE_INDEX = {
+  MIGRATION: 1, MIG_DEVICE_STATE: 2, DMA_LOGGING_START: 6, DMA_LOGGING_STOP: 7, DMA_LOGGING_REPORT: 8, MIG_DATA_SIZE: 9,
+} as const;
 /** what VFIO_DEVICE_FEATURE_MIGRATION says a device's migration supports */
 export const VFIO_MIGRATION = { STOP_COPY: 1 << 0, P2P: 1 << 1, PRE_COPY: 1 << 2 } as const;
 
@@ -148,6 +153,7 @@ export const vfio_iommu_type1_info_dma_avail = struct('vfio_iommu_type1_info_dma
 export const vfio_iommu_type1_dma_map = struct('vfio_iommu_type1_dma_map', 32, {
   argsz: ['u32', 0], flags: ['u32', 4], vaddr: ['u64', 8], iova: ['u64', 16], size: ['u64', 24],
 });
+/** followed, with GET_DIRTY_BITMAP, by a vfio_bitmap */
 export const vfio_iommu_type1_dma_unmap = struct('vfio_iommu_type1_dma_unmap', 24, {
   argsz: ['u32', 0], flags: ['u32', 4], iova: ['u64', 8], size: ['u64', 16],
 });

@@ -32,6 +32,10 @@ function expectations(): Map<string, number> {
     VFIO_IOMMU_INFO_CAPS: uapi.VFIO_IOMMU_INFO_CAPS,
     VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: uapi.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
     VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: uapi.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+    VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: uapi.VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
+    IOMMU_HWPT_DATA_NONE: uapi.IOMMU_HWPT_DATA_NONE,
+    IOMMU_HWPT_DIRTY_TRACKING_ENABLE: uapi.IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
+    IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR: uapi.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
   };
   for (const [name, value] of Object.entries(constants)) want.set(name, value);
   const groups: [string, Record<string, number>][] = [
@@ -46,6 +50,12 @@ function expectations(): Map<string, number> {
     ['VFIO_DEVICE_FEATURE_', uapi.VFIO_DEVICE_FEATURE_FLAG],
     ['VFIO_DEVICE_FEATURE_', uapi.VFIO_DEVICE_FEATURE_INDEX],
     ['VFIO_MIGRATION_', uapi.VFIO_MIGRATION],
+    ['VFIO_DEVICE_STATE_', uapi.VFIO_DEVICE_STATE],
+    ['VFIO_IOMMU_DIRTY_PAGES_FLAG_', uapi.VFIO_IOMMU_DIRTY_PAGES_FLAG],
+    ['VFIO_DMA_UNMAP_FLAG_', uapi.VFIO_DMA_UNMAP_FLAG],
+    ['IOMMU_HW_INFO_TYPE_', uapi.IOMMU_HW_INFO_TYPE],
+    ['IOMMU_HW_CAP_', uapi.IOMMU_HW_CAP],
+    ['IOMMU_HWPT_ALLOC_', uapi.IOMMU_HWPT_ALLOC_FLAG],
   ];
   for (const [prefix, map] of groups) for (const [name, value] of Object.entries(map)) want.set(`${prefix}${name}`, value);
   return want;
@@ -71,7 +81,7 @@ function program(structs: readonly StructLayout[], values: Map<string, number>):
 
 test('src/uapi matches the kernel uAPI headers (linux-libc-dev 6.12)', () => {
   const include = execFileSync(path.join(root, 'testbed/uapi-headers.sh'), { encoding: 'utf8' }).trim();
-  const structs = [...uapi.VFIO_STRUCTS, ...uapi.IOMMUFD_STRUCTS] as readonly StructLayout[];
+  const structs = [...uapi.VFIO_STRUCTS, ...uapi.IOMMUFD_STRUCTS, ...uapi.MIGRATION_STRUCTS] as readonly StructLayout[];
   const values = expectations();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-uapi-'));
   try {
@@ -87,7 +97,8 @@ test('src/uapi matches the kernel uAPI headers (linux-libc-dev 6.12)', () => {
         const ours = structs.find((s) => s.cName === name)!;
         if (ours.size !== Number(rest[0])) problems.push(`sizeof(struct ${name}): headers ${rest[0]}, ours ${ours.size}`);
       } else if (kind === 'field') {
-        const [cName, field] = name!.split('.') as [string, string];
+        const dot = name!.indexOf('.');
+        const [cName, field] = [name!.slice(0, dot), name!.slice(dot + 1)]; // a nested member keeps its dots (bitmap.pgsize)
         const [type, offset] = structs.find((s) => s.cName === cName)!.fields[field]!;
         const [hOffset, hSize, hSigned] = rest.map(Number) as [number, number, number];
         if (offset !== hOffset) problems.push(`offsetof(${name}): headers ${hOffset}, ours ${offset}`);
