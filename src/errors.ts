@@ -17,6 +17,7 @@ export const ExitCode = {
   KERNEL_REFUSED: 7,
   NOT_INSTALLED: 8,
   RELEASED: 9,
+  STREAM_REFUSED: 10,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -144,6 +145,38 @@ export class AddonMissingError extends VfioError {
 export class DeviceReleasedError extends VfioError {
   readonly kind = 'released';
   readonly exitCode = ExitCode.RELEASED;
+}
+
+/**
+ * The device refused a migration state change (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE). The kernel may
+ * have walked part of the way: `state` is where the device is now, read back, or null when even that
+ * failed. From ERROR only a reset (migrator.recover()) brings it back, to RUNNING.
+ */
+export class MigrationRefusedError extends VfioError {
+  readonly kind = 'migration-refused';
+  readonly exitCode = ExitCode.KERNEL_REFUSED;
+  constructor(message: string, readonly from: string, readonly target: string, readonly state: string | null, details: VfioErrorDetails = {}) {
+    super(message, details);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), from: this.from, target: this.target, state: this.state };
+  }
+}
+
+/**
+ * The device refused its migration data: on resume, a corrupt, truncated or foreign stream (a write
+ * the driver rejects, or RESUMING -> STOP refusing what it was given); on save, a read of the data fd
+ * that failed. `bytes` is how far the stream got; `state` is where the device is now.
+ */
+export class MigrationStreamError extends VfioError {
+  readonly kind = 'stream-refused';
+  readonly exitCode = ExitCode.STREAM_REFUSED;
+  constructor(message: string, readonly phase: 'read' | 'write' | 'complete', readonly bytes: number, public state: string | null, details: VfioErrorDetails = {}) {
+    super(message, details);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), phase: this.phase, bytes: this.bytes, state: this.state };
+  }
 }
 
 /** An operation on a closed device or context: a programming error in the caller. */

@@ -51,7 +51,9 @@
 //   device.ts     device fds: info, reset, hot reset, release; regions.ts regions, pread/pwrite,
 //                 mmap; irqs.ts eventfds and interrupts; edu.ts QEMU's edu   (src/device)
 //   memory.ts     the addon's mappings, IOMMU mappings and DMA translation   (src/dma)
-export { FakeKernel } from './fake/kernel.js';
+//   migration.ts  a migration driver (mtty's): states and arcs, data files, DMA logging stubs
+export { FakeKernel, type MigrationView } from './fake/kernel.js';
+export { HEADER_BYTES, MTTY_MAGIC, PORT_BYTES } from './fake/migration.js';
 export { EDU_DMA, EDU_REG, type EduState } from './fake/edu.js';
 export { ERRNO_NAMES, sysError, type Errno, type FakeSysError } from './fake/errno.js';
 export { requestName } from './fake/ioctl.js';

@@ -14,7 +14,7 @@ import { VFIO_DEVICE_FLAGS, VFIO_PCI_IRQ } from '../uapi/vfio.js';
 import type { PciCapability, PciIds } from './config.js';
 import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.js';
 import { HostChannels, type HostSignal } from './host-requests.js';
-import { readMigration, type MigrationSupport } from './migration.js';
+import { DeviceMigration, type MigrationSupport } from './migration.js';
 import { RegionMapping } from './mmio.js';
 import { PciFunction } from './pci.js';
 import { absentRegion, checkAccess, readRegionInfo, type RegionInfo } from './regions.js';
@@ -42,6 +42,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
   /** why it was closed, when not by close(): later calls throw this */
   private closedBecause: string | null = null;
   private pciFacet: PciFunction | null = null;
+  private migrationFacet: DeviceMigration | null = null;
   private channels: HostChannels | null = null;
   private readonly signals = { request: 0, error: 0 };
   private releaseTimer: NodeJS.Timeout | null = null;
@@ -292,8 +293,16 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
 
   /** What the device's migration supports (STOP_COPY, P2P, PRE_COPY), or null when it has none. */
   migration(): MigrationSupport | null {
+    return this.migrator.support();
+  }
+
+  /** VFIO migration v2: the device's state machine, its data sessions and streams (src/device/migration.ts). */
+  get migrator(): DeviceMigration {
     this.assertOpen();
-    return this.kernelStep(() => readMigration(this.calls(), this.bound.binding.deviceFd));
+    return (this.migrationFacet ??= new DeviceMigration({
+      kernel: this.kernel, name: this.name, log: this.log, calls: () => this.calls(),
+      deviceFd: () => this.bound.binding.deviceFd, assertOpen: () => this.assertOpen(),
+    }));
   }
 
   /** Which devices a PCI hot (bus) reset of this device would reset too (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */
@@ -358,6 +367,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
     if (this.releaseTimer) clearTimeout(this.releaseTimer);
     const why = (): VfioError => this.closedError();
     this.channels?.close(this.calls(), this.bound.binding.deviceFd);
+    this.migrationFacet?.shutdown(why());
     for (const set of [...this.irqSets.values()]) {
       try {
         set.disable(why);

@@ -13,6 +13,7 @@ import {
   iommu_iova_range,
 } from '../uapi/iommufd.js';
 import { decode, encode } from '../uapi/struct.js';
+import { withScratch } from './scratch.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 
 /** VFIO_DEVICE_BIND_IOMMUFD: the ownership contract; returns the device's id in the iommufd. */
@@ -52,21 +53,17 @@ export function destroy(calls: StepCalls, iommufd: number, id: number): void {
  * in addon memory; a page holds 256.
  */
 export function ioasIovaRanges(calls: StepCalls, kernel: Kernel, iommufd: number, ioasId: number): { ranges: { start: bigint; last: bigint }[]; alignment: bigint } {
-  const scratch = calls.run('allocate the IOVA range list', undefined, () => kernel.allocDma(4096, false));
-  try {
-    const capacity = scratch.byteLength / iommu_iova_range.size;
-    const arg = encode(iommu_ioas_iova_ranges, { size: iommu_ioas_iova_ranges.size, ioas_id: ioasId, num_iovas: capacity, allowed_iovas: kernel.addressOf(scratch) });
+  return withScratch(calls, kernel, 'allocate the IOVA range list', 4096, (bytes, address) => {
+    const capacity = bytes.length / iommu_iova_range.size;
+    const arg = encode(iommu_ioas_iova_ranges, { size: iommu_ioas_iova_ranges.size, ioas_id: ioasId, num_iovas: capacity, allowed_iovas: address });
     calls.ioctl('IOMMU_IOAS_IOVA_RANGES', iommufd, arg);
     const out = decode(iommu_ioas_iova_ranges, arg);
-    const bytes = Buffer.from(scratch);
     const ranges = Array.from({ length: Math.min(out.num_iovas, capacity) }, (_, i) => {
       const r = decode(iommu_iova_range, bytes, i * iommu_iova_range.size);
       return { start: r.start, last: r.last };
     });
     return { ranges, alignment: out.out_iova_alignment };
-  } finally {
-    kernel.unmap(scratch);
-  }
+  });
 }
 
 export interface IoasMap {

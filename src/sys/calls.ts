@@ -36,9 +36,12 @@ export class StepCalls {
     return this.run(step, path, () => this.kernel.open(path));
   }
 
-  /** One ioctl, named as in the kernel headers; the name is the step. */
-  ioctl(name: RequestName, fd: number, arg?: number | Buffer): number {
-    return this.run(name, undefined, () => this.kernel.ioctl(fd, REQUESTS[name], arg));
+  /**
+   * One ioctl, named as in the kernel headers; the name is the step, unless a finer one is given (a
+   * VFIO_DEVICE_FEATURE request is named by its feature, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE).
+   */
+  ioctl(name: RequestName, fd: number, arg?: number | Buffer, step: Step = name): number {
+    return this.run(step, undefined, () => this.kernel.ioctl(fd, REQUESTS[name], arg));
   }
 
   /** A step that fails without a system call (a missing sysfs entry, a mismatched node). */

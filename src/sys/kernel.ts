@@ -32,6 +32,13 @@ export interface Kernel {
   /** pread(2)/pwrite(2): the byte count transferred */
   pread(fd: number, buf: Buffer, offset: bigint | number): number;
   pwrite(fd: number, buf: Buffer, offset: bigint | number): number;
+  /**
+   * read(2)/write(2) at the file's own position, off the event loop (a stream: a migration data fd,
+   * whose driver may sleep until the device has data). Calls back with the byte count, or the error
+   * with its errno name (ENOMSG too, which libuv does not name).
+   */
+  read(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void;
+  write(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void;
   fstat(fd: number): FileStat;
   stat(path: string): FileStat;
   readlink(path: string): string;

@@ -1,7 +1,7 @@
 // The real Kernel: node:fs for files, our addon for ioctl.
 import fs from 'node:fs';
 import { loadAddon, type Addon } from './addon.js';
-import type { FileStat, Kernel } from './kernel.js';
+import { isSysError, type FileStat, type Kernel, type SysErrorLike } from './kernel.js';
 
 export { loadAddon, type Addon } from './addon.js';
 
@@ -23,6 +23,19 @@ export class NativeKernel implements Kernel {
   }
   pwrite(fd: number, buf: Buffer, offset: bigint | number): number {
     return fs.writeSync(fd, buf, 0, buf.length, Number(offset));
+  }
+  read(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void {
+    fs.read(fd, buf, 0, buf.length, null, (err, n) => callback(this.named(err), n ?? 0));
+  }
+  write(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void {
+    fs.write(fd, buf, 0, buf.length, null, (err, n) => callback(this.named(err), n ?? 0));
+  }
+  /** libuv leaves some errnos unnamed ("Unknown system error -42" for ENOMSG): the addon's table names them. */
+  private named(err: NodeJS.ErrnoException | null): SysErrorLike | null {
+    if (!err) return null;
+    if (!isSysError(err)) return Object.assign(err, { code: 'EIO', errno: -5, syscall: err.syscall ?? 'read' }) as SysErrorLike;
+    if (/^Unknown system error/.test(err.code) || err.code === 'UNKNOWN') err.code = this.addon.errnoName(-err.errno) ?? err.code;
+    return err;
   }
   fstat(fd: number): FileStat {
     return toStat(fs.fstatSync(fd));

@@ -3,9 +3,12 @@
 // compiler checks every one. An ioctl's step is its request's C name; the rest are the few steps
 // that are not one ioctl.
 import type { RequestName } from '../uapi/requests.js';
+import type { VFIO_DEVICE_FEATURE_INDEX } from '../uapi/vfio.js';
 
 export type Step =
   | RequestName
+  /** a VFIO_DEVICE_FEATURE request, by its feature's C name */
+  | `VFIO_DEVICE_FEATURE_${keyof typeof VFIO_DEVICE_FEATURE_INDEX}`
   /** the context node of each route */
   | 'open /dev/iommu'
   | 'open /dev/vfio/vfio'
@@ -24,4 +27,7 @@ export type Step =
   /** device operations that are not ioctls: region access by name, eventfds, scratch memory */
   | `${'read' | 'write' | 'mmap'} ${string}`
   | 'eventfd'
-  | 'allocate the IOVA range list';
+  /** addon memory a request points into (a list of ranges, a bitmap) */
+  | `allocate ${string}`
+  /** the other steps of a migration (the data fd's stream, reading the state back) */
+  | `migration ${string}`;

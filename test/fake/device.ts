@@ -5,17 +5,16 @@
 import { decode, writeField } from '../../src/uapi/struct.js';
 import {
   VFIO_DEVICE_FEATURE_FLAG,
-  VFIO_DEVICE_FEATURE_INDEX,
   VFIO_DEVICE_FLAGS,
   VFIO_PCI_HOT_RESET_FLAG,
   VFIO_PCI_NUM_REGIONS,
   vfio_device_feature,
-  vfio_device_feature_migration,
   vfio_device_info,
   vfio_pci_dependent_device,
   vfio_pci_hot_reset_info,
 } from '../../src/uapi/vfio.js';
 import { unbindCdev } from './cdev.js';
+import { deviceFeature, disableFiles, resetMigration } from './migration.js';
 import { ioctlError, userStruct } from './errno.js';
 import { releaseGroupFile } from './group.js';
 import { noIrqs, type DeviceFile, type FakeState } from './state.js';
@@ -37,29 +36,27 @@ export function getInfo(_s: FakeState, file: DeviceFile, arg: Arg): number {
 }
 
 /**
- * VFIO_DEVICE_FEATURE (vfio_ioctl_device_feature, then vfio_check_feature): only MIGRATION is
- * modelled; a device without a migration driver answers ENOTTY, as any feature without a handler.
+ * VFIO_DEVICE_FEATURE (vfio_ioctl_device_feature): the header checks, then the feature's handler
+ * (migration.ts); a device without a migration driver answers ENOTTY, as any feature without one.
  */
-export function feature(_s: FakeState, file: DeviceFile, arg: Arg): number {
+export function feature(s: FakeState, file: DeviceFile, arg: Arg): number {
   const buf = userStruct(arg, vfio_device_feature.size);
   const { argsz, flags } = decode(vfio_device_feature, buf);
   const F = VFIO_DEVICE_FEATURE_FLAG;
   if (argsz < vfio_device_feature.size) throw ioctlError('EINVAL');
   if ((flags & ~(F.MASK | F.SET | F.GET | F.PROBE)) !== 0) throw ioctlError('EINVAL');
   if ((flags & F.PROBE) === 0 && (flags & F.SET) !== 0 && (flags & F.GET) !== 0) throw ioctlError('EINVAL');
-  if ((flags & F.MASK) !== VFIO_DEVICE_FEATURE_INDEX.MIGRATION || file.device.migration === null) throw ioctlError('ENOTTY');
-  // vfio_check_feature(flags, argsz - minsz, VFIO_DEVICE_FEATURE_GET, sizeof(mig))
-  if ((flags & (F.GET | F.SET) & ~F.GET) !== 0) throw ioctlError('EINVAL');
-  if ((flags & F.PROBE) !== 0) return 0;
-  if ((flags & (F.GET | F.SET)) === 0) throw ioctlError('EINVAL');
-  if (argsz - vfio_device_feature.size < vfio_device_feature_migration.size) throw ioctlError('EINVAL');
-  const data = userStruct(arg, vfio_device_feature.size + vfio_device_feature_migration.size);
-  writeField(data, vfio_device_feature_migration.fields.flags, BigInt(file.device.migration), vfio_device_feature.size);
-  return 0;
+  return deviceFeature(s, file.device, arg);
 }
 
 export function reset(_s: FakeState, file: DeviceFile): number {
   const dev = file.device;
+  if (dev.bus === 'mdev') {
+    // mtty_ioctl answers VFIO_DEVICE_RESET itself, without VFIO_DEVICE_FLAGS_RESET: its migration state goes back to RUNNING
+    dev.resets++;
+    if (dev.mig) resetMigration(dev.mig);
+    return 0;
+  }
   if ((dev.flags & VFIO_DEVICE_FLAGS.RESET) === 0) throw ioctlError('EINVAL'); // !vdev->reset_works
   dev.resets++;
   return 0;
@@ -122,6 +119,7 @@ function parsePciAddress(address: string): [number, number, number] {
 export function releaseDeviceFile(s: FakeState, file: DeviceFile): void {
   const dev = file.device;
   dev.files.delete(file);
+  if (file.bound && dev.mig) disableFiles(dev.mig); // mtty_close: the sessions end, the state stays
   if (file.bound) {
     // vfio_pci_core_close_device: interrupts off, the eventfds let go
     dev.irq = noIrqs();

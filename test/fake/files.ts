@@ -9,6 +9,7 @@ import { releaseDeviceFile } from './device.js';
 import { sysError } from './errno.js';
 import { openGroup, releaseGroupFile } from './group.js';
 import { openIommufd, releaseIommufd } from './iommufd.js';
+import { releaseMigFile } from './migration.js';
 import { RDEV, S_IFCHR, S_IFREG, type FakeState, type OpenFile } from './state.js';
 import { mayOpen, remove, resolve, symlink } from './sysfs.js';
 import type { FdInfo } from './types.js';
@@ -71,6 +72,9 @@ function release(s: FakeState, file: OpenFile): void {
       // an mmap of one of its regions holds the file (vma->vm_file): released at the last munmap
       if ((file.mmaps ?? 0) > 0) file.fdClosed = true;
       else releaseDeviceFile(s, file);
+      break;
+    case 'migration':
+      releaseMigFile(file);
       break;
     case 'eventfd':
       file.efd.fdOpen = false; // the kernel may still hold its eventfd_ctx (SET_IRQS) and signal it

@@ -4,6 +4,7 @@
 // group node /dev/vfio/N, the vfio-dev entry and, on iommufd kernels, the cdev
 // /dev/vfio/devices/vfioN. Driver binding through sysfs (bind, unbind, drivers_probe) is in drivers.ts.
 import { gzipSync } from 'node:zlib';
+import { newMigrationDriver } from './migration.js';
 import { makedev } from '../../src/sys/kernel.js';
 import { VFIO_DEVICE_FLAGS, VFIO_MIGRATION, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REGION, VFIO_REGION_INFO_FLAG } from '../../src/uapi/vfio.js';
 import { driversProbe, loadDriver, moduleParam } from './drivers.js';
@@ -104,7 +105,7 @@ export function addPciDevice(s: FakeState, o: PciDeviceOptions): void {
     bars: new Map(), edu: (o.bar0 ?? (id === '1234:11e8' ? 'edu' : 'ram')) === 'edu' ? newEdu() : null,
     irqCounts: { intx: o.irqs?.intx ?? 1, msi: o.irqs?.msi ?? 1, msix: o.irqs?.msix ?? 0, pcie: o.irqs?.pcie ?? false },
     irq: noIrqs(), hotReset: o.hotReset?.map((h) => (typeof h === 'string' ? { address: h.toLowerCase(), group: undefined } : { ...h, address: h.address.toLowerCase() })) ?? null,
-    resets: 0, migration: null, files: new Set(), mirrors: new Set(),
+    resets: 0, migration: null, mig: null, files: new Set(), mirrors: new Set(),
   };
   for (const [index, region] of Object.entries(o.regions ?? {})) dev.regions.set(Number(index), region);
   const [vendor, device] = id.split(':');
@@ -136,7 +137,9 @@ export function addMdev(s: FakeState, o: MdevOptions): void {
     irqCounts: { intx: 1, msi: 1, msix: 0, pcie: false }, irq: noIrqs(), hotReset: null, resets: 0, files: new Set(), mirrors: new Set(),
     // samples/vfio-mdev/mtty.c: STOP_COPY | P2P | PRE_COPY
     migration: o.migration === undefined ? VFIO_MIGRATION.STOP_COPY | VFIO_MIGRATION.P2P | VFIO_MIGRATION.PRE_COPY : o.migration,
+    mig: null,
   };
+  if (dev.migration !== null) dev.mig = newMigrationDriver(dev, o.ports ?? 2, o.dmaLogging ?? true);
   link(s, `${dir}/subsystem`, '/sys/bus/mdev');
   link(s, `/sys/bus/mdev/devices/${uuid}`, dir);
   s.devices.set(uuid, dev);

@@ -15,6 +15,7 @@ import { ioctlError, sysError } from './errno.js';
 import * as group from './group.js';
 import * as iommufd from './iommufd.js';
 import * as irqs from './irqs.js';
+import { migFileIoctl } from './migration.js';
 import * as regions from './regions.js';
 import type { ContainerState, DeviceFile, FakeState, FdEntry, GroupFile, IommufdCtx, OpenFile } from './state.js';
 
@@ -105,6 +106,7 @@ export function ioctl(s: FakeState, e: FdEntry | undefined, request: number, arg
     case 'container': return dispatch(CONTAINER, s, f.container, request, arg);
     case 'group': return dispatch(GROUP, s, f, request, arg);
     case 'device': return dispatch(DEVICE, s, f, request, arg);
+    case 'migration': return migFileIoctl(f, request, arg, VFIO.MIG_GET_PRECOPY_INFO);
     default: throw ioctlError('ENOTTY');
   }
 }
@@ -118,6 +120,7 @@ export function requestName(request: number, kind?: OpenFile['kind']): string {
   if (kind === 'container') {
     if (request === VFIO.IOMMU_GET_INFO) return 'VFIO_IOMMU_GET_INFO';
     if (request === VFIO.IOMMU_MAP_DMA) return 'VFIO_IOMMU_MAP_DMA';
+    if (request === VFIO.IOMMU_DIRTY_PAGES) return 'VFIO_IOMMU_DIRTY_PAGES';
   }
   return VFIO_NAMES.get(request) ?? IOMMU_NAMES.get(request) ?? `0x${request.toString(16)}`;
 }

@@ -2,7 +2,7 @@
 // call to the module of its subsystem (files.ts, sysfs.ts, ioctl.ts, memory.ts, regions.ts, irqs.ts;
 // host.ts, drivers.ts and proc.ts for what tests change), logging it through calls.ts on the way.
 // See ../fake-kernel.ts for what the fake models.
-import type { FileStat, Kernel } from '../../src/sys/kernel.js';
+import type { FileStat, Kernel, SysErrorLike } from '../../src/sys/kernel.js';
 import type { VFIO_PCI_IRQ } from '../../src/uapi/vfio.js';
 import { fdCall, failNext, run } from './calls.js';
 import * as drivers from './drivers.js';
@@ -13,6 +13,25 @@ import * as host from './host.js';
 import { ioctl, requestName } from './ioctl.js';
 import * as irqs from './irqs.js';
 import * as memory from './memory.js';
+import * as migration from './migration.js';
+import { VFIO_DEVICE_STATE } from '../../src/uapi/migration.js';
+
+type StateName = keyof typeof VFIO_DEVICE_STATE;
+const STATE_NAMES = new Map(Object.entries(VFIO_DEVICE_STATE).map(([k, v]) => [v as number, k as StateName]));
+
+/** A migration driver as tests see it (FakeKernel.migration). */
+export interface MigrationView {
+  readonly state: StateName;
+  /** the device's state bytes (nr_ports * 36): what a save streams after the header */
+  readonly payload: Buffer;
+  /** data files alive (held by the device or by an fd) */
+  readonly liveFiles: number;
+  readonly loggingStarted: boolean;
+  /** a drained PRE_COPY read answers ENOMSG (the uAPI's way) instead of 0 (mtty's) */
+  enomsg: boolean;
+  /** the next arc from -> to fails with errno; toError leaves the device in ERROR */
+  failArc(from: StateName, to: StateName, errno: Errno, toError?: boolean): void;
+}
 import * as proc from './proc.js';
 import * as regions from './regions.js';
 import { EDU, FakeState, findDevice, type IrqState } from './state.js';
@@ -183,6 +202,20 @@ export class FakeKernel implements Kernel {
     if (!e) throw new Error(`fake: ${name} is not an edu device`);
     return e;
   }
+  /** its migration driver (test/fake/migration.ts): state, payload, sessions; tests may change it */
+  migration(name: string): MigrationView {
+    const m = findDevice(this.s, name).mig;
+    if (!m) throw new Error(`fake: ${name} has no migration driver`);
+    return {
+      get state() { return STATE_NAMES.get(m.state)!; },
+      payload: m.payload,
+      get liveFiles() { return m.liveFiles.size; },
+      get loggingStarted() { return m.loggingStarted; },
+      get enomsg() { return m.enomsg; },
+      set enomsg(v: boolean) { m.enomsg = v; },
+      failArc: (from, to, errno, toError = false) => { m.failArc = { from: VFIO_DEVICE_STATE[from], to: VFIO_DEVICE_STATE[to], errno, toError }; },
+    };
+  }
   /** VFIO_DEVICE_RESETs done on the device */
   resetCount(name: string): number { return findDevice(this.s, name).resets; }
   /** vfio-pci's interrupt state: the enabled index, the vectors wired to an eventfd, INTx masked */
@@ -218,6 +251,21 @@ export class FakeKernel implements Kernel {
   pwrite(fd: number, buf: Buffer, offset: bigint | number): number {
     const e = this.s.fdTable.get(fd);
     return run(this.s, fdCall('pwrite', fd, e), () => regions.rw(this.s, 'pwrite', e, buf, BigInt(offset)));
+  }
+  read(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void { this.stream('read', fd, buf, callback); }
+  write(fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void { this.stream('write', fd, buf, callback); }
+  /** read(2)/write(2) off the event loop: the answer comes on a later turn, as libuv's threadpool gives it */
+  private stream(op: 'read' | 'write', fd: number, buf: Buffer, callback: (err: SysErrorLike | null, bytes: number) => void): void {
+    setImmediate(() => {
+      let n: number;
+      try {
+        n = run(this.s, fdCall(op, fd, this.s.fdTable.get(fd)), () => migration.streamIo(op, this.s.fdTable.get(fd), buf));
+      } catch (e) {
+        callback(e as SysErrorLike, 0);
+        return;
+      }
+      callback(null, n);
+    });
   }
   fstat(fd: number): FileStat { return run(this.s, { call: 'fstat', fd }, () => files.fstat(this.s, fd)); }
 

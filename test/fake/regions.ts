@@ -92,6 +92,7 @@ export function rw(s: FakeState, call: 'pread' | 'pwrite', e: FdEntry | undefine
     return Buffer.from(`${fileText(f.node)}\n`).copy(buf, 0, Number(offset));
   }
   if (f.kind === 'chr') return call === 'pread' ? 0 : buf.length;
+  if (f.kind === 'migration') throw sysError('ESPIPE', call); // stream_open: no positioned I/O
   if (f.kind !== 'device' || !f.bound) throw sysError('EINVAL', call === 'pread' ? 'read' : 'write');
   const index = Number(offset >> REGION_SHIFT);
   const at = Number(offset & ((1n << REGION_SHIFT) - 1n));

@@ -5,6 +5,7 @@
 // (kernel.ts) owns one and delegates to them.
 import { makedev, type FileStat } from '../../src/sys/kernel.js';
 import type { EduState } from './edu.js';
+import type { MigFile, MigrationDriver } from './migration.js';
 import type { CallInfo, DmaFault, DmaTransfer, FailRule, FakeRegion, HostOptions, IommuGeometry, MmioAccess } from './types.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -80,6 +81,8 @@ export interface DeviceState {
   resets: number;
   /** its migration driver's VFIO_MIGRATION_* flags (device->migration_flags), or null without one (no mig_ops) */
   migration: number | null;
+  /** its migration driver (mig_ops, log_ops): present exactly when `migration` is */
+  mig: MigrationDriver | null;
   /** its device files not yet released (a closed fd whose region is still mmapped stays here) */
   files: Set<DeviceFile>;
   /** live mmaps of its regions, refreshed after every access that changes what they show */
@@ -140,7 +143,8 @@ export type OpenFile =
   | DeviceFile
   | { kind: 'file'; node: FileNode }
   | { kind: 'chr'; rdev: number }
-  | { kind: 'eventfd'; efd: EventfdState };
+  | { kind: 'eventfd'; efd: EventfdState }
+  | MigFile;
 
 export interface FdEntry {
   fd: number;

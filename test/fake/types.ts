@@ -46,6 +46,10 @@ export interface MdevOptions {
   cdev?: number | null;
   /** its migration driver's VFIO_MIGRATION_* flags (default mtty's: STOP_COPY, P2P, PRE_COPY); null: no migration */
   migration?: number | null;
+  /** its UART ports (mtty-1 has 1, mtty-2 has 2): the size of its migration stream */
+  ports?: number;
+  /** it has DMA logging ops (default true, as mtty's stubs) */
+  dmaLogging?: boolean;
 }
 
 export interface FakeRegion {
@@ -97,7 +101,7 @@ export interface HostOptions {
 /** A call as the fake saw it, for the call log, listeners and failure rules. */
 export interface CallInfo {
   call: 'open' | 'close' | 'ioctl' | 'pread' | 'pwrite' | 'fstat' | 'stat' | 'readlink' | 'realpath' | 'readdir' | 'readText'
-    | 'mmap' | 'allocDma' | 'eventfd' | 'writeText' | 'unlink' | 'mkdirp' | 'readBytes';
+    | 'mmap' | 'allocDma' | 'eventfd' | 'writeText' | 'unlink' | 'mkdirp' | 'readBytes' | 'read' | 'write';
   path?: string;
   fd?: number;
   request?: number;
