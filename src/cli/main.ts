@@ -1,96 +1,17 @@
 // The `vfio-bind` command line: a thin shell over the library. Every failure ends as one message (or,
 // with --json, one JSON document on stdout) and a documented exit code; never a stack trace.
-import yargs, { type Argv } from 'yargs';
+import yargs from 'yargs';
 import { ExitCode, UsageError, VfioError } from '../errors.js';
-import { createStderrLogger, type LogLevel, type Logger } from '../log.js';
+import type { LogLevel } from '../log.js';
 import { listDevices, whyNoVfio } from '../discovery/locate.js';
 import { visibleRoutes } from '../routes/index.js';
 import { nativeKernel, openDevice, type VfioDevice } from '../index.js';
-import { ROUTE_POLICIES, type RoutePolicy } from '../routes/select.js';
-import type { PassedFds } from '../routes/passed-fds.js';
+import type { RoutePolicy } from '../routes/select.js';
 import { hexId } from '../device/config.js';
 import { packageVersion } from '../package.js';
-import { formatDoctor, formatError, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
-
-const LOG_LEVELS: readonly LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
-
-interface Common {
-  json: boolean;
-  'log-level'?: LogLevel;
-  verbose: number;
-}
-
-function out(text: string): void {
-  process.stdout.write(`${text}\n`);
-}
-
-async function logger(argv: Common): Promise<Logger> {
-  const level: LogLevel = argv['log-level'] ?? (argv.verbose >= 2 ? 'debug' : argv.verbose === 1 ? 'info' : 'silent');
-  return createStderrLogger(level);
-}
-
-/** Runs a command; maps every error to a message and an exit code. */
-async function run(argv: Common, body: () => Promise<void> | void): Promise<void> {
-  try {
-    await body();
-  } catch (e) {
-    process.exitCode = report(e, argv);
-  }
-}
-
-function report(e: unknown, argv: Common): number {
-  if (e instanceof VfioError) {
-    if (argv.json) out(JSON.stringify(e.toJSON(), null, 2));
-    else process.stderr.write(`${formatError(e)}\n`);
-    return e.exitCode;
-  }
-  const message = e instanceof Error ? e.message : String(e);
-  if (argv.json) out(JSON.stringify({ error: 'internal', message, exit_code: ExitCode.INTERNAL }, null, 2));
-  else process.stderr.write(`vfio-bind: internal error: ${message}\n  hint: run again with --log-level debug, and report it with that output\n`);
-  if (argv['log-level'] === 'debug' || argv['log-level'] === 'trace') process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
-  return ExitCode.INTERNAL;
-}
-
-/** --device-fd/--iommufd-fd or --group-fd/--container-fd: nodes a privileged parent opened for us. */
-function fdOptions<T>(y: Argv<T>) {
-  return y
-    .option('device-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of the device\'s VFIO cdev (with --iommufd-fd)' })
-    .option('iommufd-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of /dev/iommu' })
-    .option('group-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of the device\'s group node (with --container-fd)' })
-    .option('container-fd', { type: 'number', requiresArg: true, describe: 'an inherited fd of /dev/vfio/vfio' });
-}
-
-interface FdArgs {
-  'device-fd'?: number;
-  'iommufd-fd'?: number;
-  'group-fd'?: number;
-  'container-fd'?: number;
-}
-
-/** The passed fds, for openDevice; inherited fds are this process's own, so it closes them. */
-function passedFds(argv: FdArgs): { fds: PassedFds; ownFds: boolean } | Record<string, never> {
-  for (const name of ['device-fd', 'iommufd-fd', 'group-fd', 'container-fd'] as const) {
-    const value = argv[name];
-    if (value !== undefined && (!Number.isInteger(value) || value < 0)) {
-      throw new UsageError(`--${name} needs a file descriptor number, not ${String(value)}`, { hint: 'e.g. --device-fd 3 --iommufd-fd 4 for fds inherited from a parent' });
-    }
-  }
-  const fds: PassedFds = {};
-  if (argv['device-fd'] !== undefined) fds.device = argv['device-fd'];
-  if (argv['iommufd-fd'] !== undefined) fds.iommufd = argv['iommufd-fd'];
-  if (argv['group-fd'] !== undefined) fds.group = argv['group-fd'];
-  if (argv['container-fd'] !== undefined) fds.container = argv['container-fd'];
-  return Object.keys(fds).length > 0 ? { fds, ownFds: true } : {};
-}
-
-function routeOption<T>(y: Argv<T>) {
-  return y.option('route', {
-    choices: ROUTE_POLICIES as RoutePolicy[],
-    default: 'auto' as RoutePolicy,
-    requiresArg: true, // a bare --route would otherwise quietly mean the default
-    describe: 'auto: iommufd, falling back to legacy where iommufd is unavailable; iommufd or legacy: that route only',
-  });
-}
+import { LOG_LEVELS, fdOptions, logger, out, passedFds, report, routeOption, run, type Common, type FdArgs } from './common.js';
+import { migrateCommand } from './migrate.js';
+import { formatDoctor, formatIrqs, formatList, formatRegions, formatReport, formatSmoke, type ListedDevice } from './format.js';
 
 function listCommand(argv: Common): void {
   const kernel = nativeKernel();
@@ -246,16 +167,18 @@ export async function main(args: string[]): Promise<void> {
     .command('doctor [device]', 'check that this host (and a device) can assign devices, with the fix for what is not',
       (y) => y.positional('device', { type: 'string' }),
       (a) => run(a as unknown as Common, () => doctorCommand(a as never)))
+    .command('migrate', 'save a device\'s migration state, load it into another, or move its state (VFIO migration v2)',
+      (y) => migrateCommand(y), () => undefined)
     .command('smoke <devices..>', 'bind, read ids, list regions and IRQs, map one DMA page, close: one line per device (for CI)',
       (y) => routeOption(y).positional('devices', { type: 'string', array: true, demandOption: true }),
       (a) => run(a as unknown as Common, () => smokeCommand(a as never)))
     .completion('completion', 'print a bash/zsh completion script (vfio-bind completion >> ~/.bashrc)')
-    .demandCommand(1, 'name a command: list, bind, info, driver, doctor, smoke or completion')
+    .demandCommand(1, 'name a command: list, bind, info, driver, doctor, migrate, smoke or completion')
     .strict()
     .version(packageVersion())
     .help()
     .alias('help', 'h')
-    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform, 9 released at the host\'s request')
+    .epilogue('Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO\'s, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform, 9 released at the host\'s request, 10 the device refused a migration stream')
     .exitProcess(false)
     .fail((msg, err) => {
       // Thrown, so that yargs stops here: a command whose options were refused must not run.

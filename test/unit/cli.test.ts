@@ -53,6 +53,7 @@ const KIND_MEANING: Record<string, RegExp> = {
   usage: /usage/, 'bad-fd': /usage/, 'not-found': /not found/, 'not-vfio': /not bound to a VFIO driver/, 'group-not-viable': /not viable/,
   busy: /busy/, permission: /permission denied/, 'no-route': /no usable route/, 'kernel-refused': /kernel refused/, unsupported: /kernel refused/,
   closed: /internal/, internal: /internal/, 'addon-missing': /native addon/, released: /asked for the device back/,
+  'stream-refused': /stream refused/, 'migration-refused': /kernel refused/,
 };
 
 interface Case {
@@ -86,7 +87,14 @@ const CASES: Case[] = [
   { args: ['info', '/dev/vfio/devices/vfio9'], exit: 3, message: /no device \/dev\/vfio\/devices\/vfio9/, hint: /hint: list the VFIO devices with `vfio-bind list`/ },
   { args: ['bind', '83b8f4f2-509f-382f-3c1e-e6bfe0fa1099'], exit: 3, message: /no device 83b8f4f2/, hint: /hint: / },
   // bad command lines
-  { args: [], exit: 2, message: /name a command: list, bind, info, driver, doctor, smoke or completion/, hint: HELP },
+  { args: [], exit: 2, message: /name a command: list, bind, info, driver, doctor, migrate, smoke or completion/, hint: HELP },
+  // migrate: what is refused before any device is touched
+  { args: ['migrate'], exit: 2, message: /name a migrate command: save, load or state/, hint: HELP },
+  { args: ['migrate', 'save', NOT_THERE, '--after', 'PRE_COPY', '--to', '/dev/null'], exit: 2, message: /Argument: after, Given: "PRE_COPY", Choices: "STOP", "RUNNING"/, hint: HELP },
+  { args: ['migrate', 'load', NOT_THERE, '--from', '/nonexistent/state.bin'], exit: 2, message: /cannot read \/nonexistent\/state\.bin: ENOENT/ },
+  { args: ['migrate', 'state', NOT_THERE, '--set', 'STOP_COPY'], exit: 2, message: /--set STOP_COPY: one of RUNNING, STOP, RUNNING_P2P/, hint: /hint: the states with a data stream are reached by migrate save and migrate load/ },
+  { args: ['migrate', 'state', NOT_THERE, '--set', 'STOP', '--recover'], exit: 2, message: /--set and --recover exclude each other/ },
+  { args: ['migrate', 'save', NOT_THERE, '--to', '/tmp/vfio-bind-never-written.bin'], exit: 3, message: /no device ffff:ff:1f\.7/ },
   { args: ['frobnicate'], exit: 2, message: /Unknown argument: frobnicate/, hint: HELP },
   { args: ['driver', NOT_THERE], exit: 2, message: /say where the device goes: --to vfio-pci, or --restore/, hint: /hint: vfio-bind driver <device> --to vfio-pci/ },
   { args: ['driver', NOT_THERE, '--to', 'vfio-pci', '--restore'], exit: 2, message: /--to and --restore exclude each other/, hint: /hint: vfio-bind driver <device> --to vfio-pci/ },
@@ -116,8 +124,8 @@ const CASES: Case[] = [
 describe('CLI: errors on this host', { skip, concurrency: 8 }, () => {
   const codes = built ? readmeExitCodes() : new Map<number, string>();
 
-  test('the README documents exit codes 0 to 9', () => {
-    assert.deepEqual([...codes.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  test('the README documents exit codes 0 to 10', () => {
+    assert.deepEqual([...codes.keys()], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   });
 
   for (const c of CASES) {
@@ -154,6 +162,14 @@ describe('CLI: errors on this host', { skip, concurrency: 8 }, () => {
       assert.equal(r.stderr, '', 'nothing on stderr with --json');
     });
   }
+
+  test('migrate save --json to stdout is refused (the summary would go where the state goes), before the device is opened', async () => {
+    const r = await cli(['migrate', 'save', NOT_THERE, '--json']);
+    assert.equal(r.status, 2, r.stderr);
+    const doc = JSON.parse(r.stdout) as { error: string; message: string };
+    assert.equal(doc.error, 'usage');
+    assert.match(doc.message, /--json prints its summary on stdout, where the state would go: give --to FILE/);
+  });
 
   test('smoke with a bad spec: a FAIL line with the reason and the hint, exit 2; --json: one document with the results', async () => {
     const r = await cli(['smoke', 'zz']);
@@ -248,7 +264,7 @@ describe('CLI: list, --version, --help', { skip, concurrency: true }, () => {
     assert.match(script.stdout, /complete -o bashdefault -o default -F _vfio-bind_yargs_completions vfio-bind/);
     assert.match(script.stdout, /vfio-bind --get-yargs-completions/);
     const commands = await cli(['--get-yargs-completions', 'vfio-bind', '']);
-    assert.deepEqual(commands.stdout.trim().split('\n').slice(0, 7), ['list', 'bind', 'info', 'driver', 'doctor', 'smoke', 'completion']);
+    assert.deepEqual(commands.stdout.trim().split('\n').slice(0, 8), ['list', 'bind', 'info', 'driver', 'doctor', 'migrate', 'smoke', 'completion']);
     const options = await cli(['--get-yargs-completions', 'vfio-bind', 'bind', '--']);
     assert.match(options.stdout, /^--route$/m);
     assert.match(options.stdout, /^--hold$/m);
@@ -257,7 +273,7 @@ describe('CLI: list, --version, --help', { skip, concurrency: true }, () => {
   test('--help lists the commands and the exit codes', async () => {
     const r = await cli(['--help']);
     assert.equal(r.status, 0);
-    for (const cmd of ['list', 'bind <device>', 'info <device>', 'driver <device>', 'doctor [device]', 'smoke <devices..>', 'completion']) assert.ok(r.stdout.includes(cmd), cmd);
-    assert.match(r.stdout.replace(/\s+/g, ' '), /Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO's, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform, 9 released at the host's request/);
+    for (const cmd of ['list', 'bind <device>', 'info <device>', 'driver <device>', 'doctor [device]', 'migrate', 'smoke <devices..>', 'completion']) assert.ok(r.stdout.includes(cmd), cmd);
+    assert.match(r.stdout.replace(/\s+/g, ' '), /Exit codes: 0 ok, 1 internal error, 2 usage, 3 device not found or not VFIO's, 4 busy, 5 permission denied, 6 no usable route, 7 kernel refused, 8 no native addon for this platform, 9 released at the host's request, 10 the device refused a migration stream/);
   });
 });
