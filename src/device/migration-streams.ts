@@ -33,6 +33,9 @@ export interface LoadOptions {
   signal?: AbortSignal;
 }
 
+/** where a saving state goes when its session is gone: the arcs that end a save */
+const ABANDONED_SAVE: Partial<Record<MigrationState, MigrationState>> = { PRE_COPY: 'RUNNING', PRE_COPY_P2P: 'RUNNING_P2P', STOP_COPY: 'STOP' };
+
 const isRunning = (s: MigrationState): boolean => s === 'RUNNING' || s === 'RUNNING_P2P';
 
 /** The device's state, read from its saving session. Emits 'precopy' (PrecopyInfo) and 'phase'. */
@@ -220,10 +223,20 @@ function streamError(host: MigrationHost, migration: DeviceMigration, phase: 're
   return new MigrationStreamError(what, phase, bytes, migration.stateOrNull(), details);
 }
 
-/** Starts a save: PRE_COPY or STOP_COPY from where the device is (RUNNING, or STOP without precopy). */
+/**
+ * Starts a save: PRE_COPY or STOP_COPY from where the device is (RUNNING, or STOP without precopy). A
+ * device found in a saving state with no session of ours (a save another holder left unfinished) has
+ * that save ended first.
+ */
 export function saveState(host: MigrationHost, migration: DeviceMigration, options: SaveOptions = {}): MigrationSaveStream {
   migration.requireSupport(options.precopy ? 'PRE_COPY' : 'STOP_COPY');
-  const start = migration.state();
+  let start = migration.state();
+  // a save another holder left unfinished (the device in a saving state, with no session of ours) is ended first
+  const end = ABANDONED_SAVE[start];
+  if (end && !migration.session) {
+    migration.setState(end);
+    start = migration.state();
+  }
   if (options.precopy ? !isRunning(start) : !(isRunning(start) || start === 'STOP')) {
     throw new UsageError(`${host.name} is in ${start}: a save starts from ${options.precopy ? 'RUNNING (PRE_COPY runs beside the device)' : 'RUNNING or STOP'}`);
   }

@@ -162,6 +162,28 @@ for (const r of DEVICE_ROUTES) {
       assertClean(k);
     });
 
+    test('a save or a resume another holder left unfinished (the device closed in PRE_COPY, STOP_COPY or RESUMING) is ended before a new one', async () => {
+      const k = host();
+      for (const state of ['PRE_COPY', 'STOP_COPY', 'RESUMING'] as const) {
+        {
+          using dev = openDevice(SRC, { kernel: k });
+          if (state === 'RESUMING') dev.migrator.setState('STOP');
+          dev.migrator.setState(state);
+        }
+        assert.equal(k.migration(SRC).state, state, 'closing the device keeps its migration state, as mtty does');
+        using dev = openDevice(SRC, { kernel: k });
+        if (state === 'RESUMING') {
+          using other = openDevice(DST, { kernel: k });
+          await loadAll(dev, await saveAll(other));
+          assert.equal(k.migration(SRC).state, 'RUNNING', state);
+        } else {
+          assert.equal((await saveAll(dev)).length, HEADER_BYTES + 2 * PORT_BYTES, state);
+          assert.equal(k.migration(SRC).state, 'STOP', state);
+          dev.migrator.setState('RUNNING');
+        }
+      }
+    });
+
     test('a save destroyed half way, or aborted, returns the device to where it started and closes the session', async () => {
       const k = host();
       using dev = openDevice(SRC, { kernel: k });
