@@ -179,6 +179,21 @@ export class MigrationStreamError extends VfioError {
   }
 }
 
+/**
+ * A dirty-tracking request the kernel refused by its input checks (device DMA logging, type1's dirty
+ * pages, an iommufd HWPT's dirty bitmap): `reason` names what was wrong with the request.
+ */
+export class DirtyTrackingError extends VfioError {
+  readonly kind = 'dirty-tracking-refused';
+  readonly exitCode = ExitCode.KERNEL_REFUSED;
+  constructor(message: string, readonly reason: 'no-ranges' | 'too-many-ranges' | 'unaligned' | 'overlapping' | 'overflow' | 'page-size' | 'not-started' | 'refused', details: VfioErrorDetails = {}) {
+    super(message, details);
+  }
+  override toJSON(): Record<string, unknown> {
+    return { ...super.toJSON(), reason: this.reason };
+  }
+}
+
 /** An operation on a closed device or context: a programming error in the caller. */
 export class ClosedError extends VfioError {
   readonly kind = 'closed';

@@ -1,6 +1,7 @@
 // vfio-bind's public API.
 import { locateDevice, type DeviceLocation } from './discovery/locate.js';
-import { bindAndWrap, type OpenDeviceOptions, type VfioDevice } from './device/device.js';
+import type { OpenDeviceOptions, VfioDevice } from './device/device.js';
+import { bindAndWrap } from './device/open.js';
 import { NativeKernel } from './sys/native-kernel.js';
 import type { Kernel } from './sys/kernel.js';
 import { ROUTES } from './routes/index.js';
@@ -61,6 +62,8 @@ export { parseDeviceSpec, type DeviceSpec } from './discovery/spec.js';
 export { VfioDevice, type DeviceInfo, type RouteReport, type OpenDeviceOptions, type HotResetDevice, type DeviceRequest, type VfioDeviceEvents } from './device/device.js';
 export { PciFunction } from './device/pci.js';
 export type { MigrationSupport, MigrationFlag } from './device/migration.js';
+export { DeviceDmaLogging, DmaLog, DMA_LOG_MAX_RANGES, type LogRange } from './device/dma-logging.js';
+export { DirtyBitmap } from './dma/dirty.js';
 export type { RouteName } from './routes/names.js';
 export { ROUTES, visibleRoutes } from './routes/index.js';
 export type { RouteDescriptor } from './routes/route.js';

@@ -143,6 +143,13 @@ if [ -z "$marker" ] || [ ! -f "$RUN/rc" ]; then
 	exit 125
 fi
 rc=$(cat "$RUN/rc")
-[ "$rc" = 0 ] || show_tail "the guest command exited with status $rc"
+if [ "$rc" != 0 ]; then
+	show_tail "the guest command exited with status $rc"
+	# Last, where a log shown only in part (its head and tail) still shows it: which tests failed, and how.
+	if grep -q '^✖' "$RUN/stdout" 2>/dev/null; then
+		echo "[run-vm] the failing tests (from $RUN/stdout):" >&2
+		awk '/^✖ failing tests:/ {f=1; next} f && /^✖/ {print; n=3; next} f && n-- > 0 {print}' "$RUN/stdout" | cut -c1-300 | head -n 40 >&2
+	fi
+fi
 [ "$QUIET" = 1 ] || echo "[run-vm] $KERNEL/$IOMMU: exit $rc in ${elapsed}s (run files: $RUN)" >&2
 exit "$rc"

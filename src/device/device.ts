@@ -4,22 +4,23 @@ import { EventEmitter } from 'node:events';
 import type { DeviceLocation } from '../discovery/locate.js';
 import { ClosedError, DeviceReleasedError, KernelError, kernelRefused, StepError, UnsupportedError, UsageError, type VfioError } from '../errors.js';
 import { deviceGetInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
-import { silentLogger, type Logger } from '../log.js';
+import type { Logger } from '../log.js';
 import type { RouteName } from '../routes/names.js';
-import { bindDevice, type BoundRoute } from '../routes/select.js';
+import type { BoundRoute } from '../routes/select.js';
 import type { IommuContext } from '../routes/route.js';
-import { closeQuietly, StepCalls } from '../sys/calls.js';
+import { StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 import { VFIO_DEVICE_FLAGS, VFIO_PCI_IRQ } from '../uapi/vfio.js';
 import type { PciCapability, PciIds } from './config.js';
 import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.js';
 import { HostChannels, type HostSignal } from './host-requests.js';
+import { DeviceDmaLogging, type DmaLoggingHost } from './dma-logging.js';
 import { DeviceMigration, type MigrationSupport } from './migration.js';
 import { RegionMapping } from './mmio.js';
 import { PciFunction } from './pci.js';
 import { absentRegion, checkAccess, readRegionInfo, type RegionInfo } from './regions.js';
 import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
-import type { DeviceInfo, OpenDeviceOptions, RouteReport, VfioDeviceEvents } from './types.js';
+import type { DeviceInfo, RouteReport, VfioDeviceEvents } from './types.js';
 
 export type { DeviceInfo, DeviceRequest, OpenDeviceOptions, RouteReport, VfioDeviceEvents } from './types.js';
 export type { HotResetDevice } from './reset.js';
@@ -43,6 +44,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
   private closedBecause: string | null = null;
   private pciFacet: PciFunction | null = null;
   private migrationFacet: DeviceMigration | null = null;
+  private dmaLoggingFacet: DeviceDmaLogging | null = null;
   private channels: HostChannels | null = null;
   private readonly signals = { request: 0, error: 0 };
   private releaseTimer: NodeJS.Timeout | null = null;
@@ -299,10 +301,21 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
   /** VFIO migration v2: the device's state machine, its data sessions and streams (src/device/migration.ts). */
   get migrator(): DeviceMigration {
     this.assertOpen();
-    return (this.migrationFacet ??= new DeviceMigration({
+    return (this.migrationFacet ??= new DeviceMigration(this.facetHost()));
+  }
+
+  /** Device DMA logging: the device records the pages it writes (src/device/dma-logging.ts). */
+  get dmaLogging(): DeviceDmaLogging {
+    this.assertOpen();
+    return (this.dmaLoggingFacet ??= new DeviceDmaLogging(this.facetHost()));
+  }
+
+  /** what a facet (migration, DMA logging) may use of its device */
+  private facetHost(): DmaLoggingHost {
+    return {
       kernel: this.kernel, name: this.name, log: this.log, calls: () => this.calls(),
-      deviceFd: () => this.bound.binding.deviceFd, assertOpen: () => this.assertOpen(),
-    }));
+      deviceFd: () => this.bound.binding.deviceFd, assertOpen: () => this.assertOpen(), mappings: () => this.context.mappings(),
+    };
   }
 
   /** Which devices a PCI hot (bus) reset of this device would reset too (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */
@@ -368,6 +381,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
     const why = (): VfioError => this.closedError();
     this.channels?.close(this.calls(), this.bound.binding.deviceFd);
     this.migrationFacet?.shutdown(why());
+    this.dmaLoggingFacet?.shutdown();
     for (const set of [...this.irqSets.values()]) {
       try {
         set.disable(why);
@@ -384,28 +398,5 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
 
   [Symbol.dispose](): void {
     this.close();
-  }
-}
-
-/** @internal binds by the policy and wraps the result; closes everything if the device info fails. */
-export function bindAndWrap(loc: DeviceLocation, kernel: Kernel, options: OpenDeviceOptions): VfioDevice {
-  const log = (options.logger ?? silentLogger).child({ device: loc.name });
-  const bound = bindDevice(loc, {
-    kernel,
-    log,
-    policy: options.route ?? 'auto',
-    ...(options.context ? { context: options.context } : {}),
-    ...(options.beforeBind ? { beforeBind: options.beforeBind } : {}),
-    ...(options.fds ? { passed: { fds: options.fds } } : {}),
-  });
-  const passed = options.fds && options.ownFds ? Object.values(options.fds).filter((fd): fd is number => fd !== undefined) : [];
-  const afterClose = passed.length > 0 ? () => passed.forEach((fd) => closeQuietly(kernel, fd)) : undefined;
-  try {
-    const device = new VfioDevice(loc, kernel, log, bound, afterClose, options.requestGraceMs);
-    log.info({ report: device.report }, 'bound');
-    return device;
-  } catch (e) {
-    bound.hold.release();
-    throw e instanceof StepError ? kernelRefused(e, `${loc.name}, which is bound`) : e;
   }
 }

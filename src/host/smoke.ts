@@ -2,7 +2,7 @@
 // answered by doing it: bind, read the ids from config space, list regions and IRQs, map and unmap one
 // DMA page (not on noiommu), close.
 import { hexId } from '../device/config.js';
-import { bindAndWrap } from '../device/device.js';
+import { bindAndWrap } from '../device/open.js';
 import { locateDevice } from '../discovery/locate.js';
 import { allocDmaBuffer } from '../dma/buffer.js';
 import { ExitCode, VfioError, type ExitCodeValue } from '../errors.js';

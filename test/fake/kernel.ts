@@ -27,6 +27,10 @@ export interface MigrationView {
   /** data files alive (held by the device or by an fd) */
   readonly liveFiles: number;
   readonly loggingStarted: boolean;
+  /** the device wrote [iova, iova+length): logged where it falls inside the started log's ranges */
+  deviceWrote(iova: bigint, length: bigint): void;
+  /** the page size the driver's log_start picks (default: it keeps the one asked, as mtty) */
+  logPageSize: bigint | null;
   /** a drained PRE_COPY read answers ENOMSG (the uAPI's way) instead of 0 (mtty's) */
   enomsg: boolean;
   /** the next arc from -> to fails with errno; toError leaves the device in ERROR */
@@ -211,6 +215,9 @@ export class FakeKernel implements Kernel {
       payload: m.payload,
       get liveFiles() { return m.liveFiles.size; },
       get loggingStarted() { return m.loggingStarted; },
+      deviceWrote: (iova, length) => migration.logDeviceWrite(m, iova, length),
+      get logPageSize() { return m.logPageSize; },
+      set logPageSize(v: bigint | null) { m.logPageSize = v; },
       get enomsg() { return m.enomsg; },
       set enomsg(v: boolean) { m.enomsg = v; },
       failArc: (from, to, errno, toError = false) => { m.failArc = { from: VFIO_DEVICE_STATE[from], to: VFIO_DEVICE_STATE[to], errno, toError }; },

@@ -57,6 +57,12 @@ export interface MigrationDriver {
   /** has log_ops (mtty's accept everything) */
   logging: boolean;
   loggingStarted: boolean;
+  /** the ranges START was given (while started) */
+  logRanges: { start: bigint; last: bigint }[];
+  /** the 4 KiB pages the device wrote while logging, not yet reported (mtty writes none; tests do) */
+  loggedPages: Set<bigint>;
+  /** the page size log_start answers (mtty leaves the one asked: null) */
+  logPageSize: bigint | null;
   /** a drained PRE_COPY stream answers ENOMSG (the uAPI) instead of 0 (mtty) */
   enomsg: boolean;
   /** an arc that fails next: its errno, and whether the device is left in ERROR */
@@ -67,7 +73,7 @@ export interface MigrationDriver {
 
 export function newMigrationDriver(device: DeviceState, nrPorts: number, logging = true): MigrationDriver {
   return { device, state: S.RUNNING, nrPorts, payload: Buffer.alloc(nrPorts * PORT_BYTES), saving: null, resuming: null, logging,
-    loggingStarted: false, enomsg: false, failArc: null, liveFiles: new Set() };
+    loggingStarted: false, logRanges: [], loggedPages: new Set(), logPageSize: null, enomsg: false, failArc: null, liveFiles: new Set() };
 }
 
 const dataSize = (m: MigrationDriver): number => HEADER_BYTES + m.nrPorts * PORT_BYTES;
@@ -155,6 +161,8 @@ export function deviceFeature(s: FakeState, dev: DeviceState, arg: Arg): number 
       if (!m?.logging) throw ioctlError('ENOTTY');
       if (checkFeature(flags, argsz, F.SET, 0) === 0) return 0;
       m.loggingStarted = false;
+      m.logRanges = [];
+      m.loggedPages.clear();
       return 0;
     case I.DMA_LOGGING_REPORT: {
       if (!m?.logging) throw ioctlError('ENOTTY');
@@ -162,7 +170,17 @@ export function deviceFeature(s: FakeState, dev: DeviceState, arg: Arg): number 
       const r = decode(vfio_device_feature_dma_logging_report, data(vfio_device_feature_dma_logging_report.size));
       if (r.page_size < 4096n || (r.page_size & (r.page_size - 1n)) !== 0n) throw ioctlError('EINVAL');
       if (r.iova + r.length > U64) throw ioctlError('EOVERFLOW');
-      return 0; // mtty_log_read_and_clear sets no bit
+      // iova_bitmap: one bit per page_size from r.iova; the driver ORs bits in and clears what it reported
+      const pages = Number((r.length + r.page_size - 1n) / r.page_size);
+      const bitmap = userMemory(s, r.bitmap, Math.ceil(pages / 64) * 8);
+      for (const page of [...m.loggedPages]) {
+        if (page + 4096n <= r.iova || page >= r.iova + r.length) continue;
+        const first = page < r.iova ? 0n : (page - r.iova) / r.page_size;
+        const last = (page + 4095n - r.iova) / r.page_size;
+        for (let bit = first; bit <= last && bit < BigInt(pages); bit++) bitmap[Number(bit >> 3n)]! |= 1 << Number(bit & 7n);
+        m.loggedPages.delete(page);
+      }
+      return 0;
     }
     default:
       throw ioctlError('ENOTTY');
@@ -191,7 +209,17 @@ function loggingStart(s: FakeState, m: MigrationDriver | null, flags: number, ar
     taken.push({ start, last });
   }
   m.loggingStarted = true; // mtty_log_start accepts, and leaves page_size as asked
+  m.logRanges = taken;
+  if (m.logPageSize !== null) writeField(userStruct(arg, vfio_device_feature.size + C.size), C.fields.page_size, m.logPageSize, vfio_device_feature.size);
   return 0;
+}
+
+/** A device write of [iova, iova+length) while it logs: the pages inside its ranges are logged. */
+export function logDeviceWrite(m: MigrationDriver, iova: bigint, length: bigint): void {
+  if (!m.loggingStarted) return;
+  for (let page = iova & ~4095n; page < iova + length; page += 4096n) {
+    if (m.logRanges.some((r) => page + 4095n >= r.start && page <= r.last)) m.loggedPages.add(page);
+  }
 }
 
 /** mtty_set_state: arc by arc; a failed arc stops the walk where it is. */

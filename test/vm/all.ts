@@ -17,6 +17,7 @@ after(() => {
 import './bind.test.js';
 import './mdev.test.js';
 import './migration.test.js';
+import './dma-logging.test.js';
 import './device.test.js';
 import './host.test.js';
 import './race.test.js';
