@@ -186,7 +186,7 @@ export class MigrationStreamError extends VfioError {
 export class DirtyTrackingError extends VfioError {
   readonly kind = 'dirty-tracking-refused';
   readonly exitCode = ExitCode.KERNEL_REFUSED;
-  constructor(message: string, readonly reason: 'no-ranges' | 'too-many-ranges' | 'unaligned' | 'overlapping' | 'overflow' | 'page-size' | 'not-started' | 'refused', details: VfioErrorDetails = {}) {
+  constructor(message: string, readonly reason: 'no-ranges' | 'too-many-ranges' | 'unaligned' | 'overlapping' | 'overflow' | 'page-size' | 'partial-mapping' | 'not-started' | 'refused', details: VfioErrorDetails = {}) {
     super(message, details);
   }
   override toJSON(): Record<string, unknown> {

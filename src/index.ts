@@ -77,6 +77,7 @@ export type { IovaRange } from './dma/iova.js';
 export { IommuContext, type BeforeBindHook } from './routes/route.js';
 export { IommufdContext } from './routes/iommufd.js';
 export { ContainerContext } from './routes/legacy.js';
+export { Type1DirtyTracker } from './routes/type1-dirty.js';
 export { FALLBACK_TABLE, ROUTE_POLICIES, type RoutePolicy, type FallbackReport, type FallbackRule } from './routes/select.js';
 export * from './errors.js';
 export type { Kernel, FileStat } from './sys/kernel.js';

@@ -82,10 +82,12 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
     const irqs = device.irqs();
     const pci = info.flags.includes('PCI') ? device.pciIds() : null;
     const migration = device.migration();
+    const dmaLogging = device.dmaLogging.supported();
     if (argv.json) {
       out(JSON.stringify({
         report: device.report,
         migration,
+        dmaLogging,
         ...(pci ? { pci: { vendor: hexId(pci.vendor, 4), device: hexId(pci.device, 4), class: hexId(pci.class, 6) } } : {}),
         regions: regions.map((r) => ({ ...r, size: r.size.toString(), offset: r.offset.toString(),
           sparseMmap: r.sparseMmap?.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })) ?? null })),
@@ -95,6 +97,7 @@ async function infoCommand(argv: Common & FdArgs & { device: string; route: Rout
       out(formatReport(device.report));
       if (pci) out(`  pci:    ${hexId(pci.vendor, 4)}:${hexId(pci.device, 4)} class ${hexId(pci.class, 6)}`);
       out(`  migration: ${migration ? migration.flags.join(', ') : 'none'}`);
+      out(`  dma logging: ${dmaLogging ? 'yes (the device logs the pages it writes)' : 'no'}`);
       out('');
       out(formatRegions(regions.filter((r) => r.size > 0n)));
       out('');

@@ -44,6 +44,7 @@ const REASON_TEXT: Record<DirtyTrackingError['reason'], string> = {
   overlapping: 'two ranges overlap',
   overflow: 'a range runs past the end of the address space',
   'page-size': 'the report page size must be a power of two, at least 4096',
+  'partial-mapping': 'a bitmap covers whole mappings',
   'not-started': 'the log was stopped',
   refused: 'the driver refused it',
 };

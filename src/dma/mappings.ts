@@ -124,13 +124,14 @@ export class DmaMappings {
     return mapping;
   }
 
-  unmap(target: DmaMapping | bigint): void {
+  /** Unmaps through the backend, or through `raw` (an unmap that also reads a dirty bitmap). */
+  unmap(target: DmaMapping | bigint, raw = (iova: bigint, size: bigint): void => this.backend.unmapRaw(iova, size)): void {
     const iova = typeof target === 'bigint' ? target : target.iova;
     const mapping = this.byIova.get(iova);
     if (!mapping || (typeof target !== 'bigint' && mapping !== target)) {
       throw new UsageError(`nothing is mapped at IOVA ${hex(iova)} in this context (unmapped already?)`);
     }
-    this.explainFailure(() => this.backend.unmapRaw(iova, mapping.size), () => `IOVA ${hex(iova)}`);
+    this.explainFailure(() => raw(iova, mapping.size), () => `IOVA ${hex(iova)}`);
     this.forget(mapping);
   }
 

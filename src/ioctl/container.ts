@@ -18,6 +18,7 @@ import {
   vfio_iommu_type1_info_cap_iova_range,
   vfio_iova_range,
 } from '../uapi/vfio.js';
+import { VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, vfio_iommu_type1_info_cap_migration } from '../uapi/migration.js';
 import { ioctlWithRoom } from './room.js';
 
 /** VFIO_GET_API_VERSION: the container's API version (VFIO_API_VERSION, 0, on every kernel). */
@@ -65,6 +66,8 @@ export interface Type1Info {
   pageSizes: bigint | null;
   /** the usable IOVA ranges (inclusive), when the kernel reports them (VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) */
   ranges: { start: bigint; last: bigint }[] | null;
+  /** dirty page tracking (VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION, 5.8+): its page sizes and largest bitmap */
+  dirtyTracking: { pageSizes: bigint; maxBitmapBytes: bigint } | null;
 }
 
 /** VFIO_IOMMU_GET_INFO with its capability chain. */
@@ -77,8 +80,13 @@ export function iommuGetInfo(calls: StepCalls, containerFd: number): Type1Info {
     });
   const info = decode(vfio_iommu_type1_info, buf);
   let ranges: Type1Info['ranges'] = null;
+  let dirtyTracking: Type1Info['dirtyTracking'] = null;
   if ((info.flags & VFIO_IOMMU_INFO_CAPS) !== 0) {
     for (const cap of capabilities(buf, info.cap_offset)) {
+      if (cap.id === VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION) {
+        const m = decode(vfio_iommu_type1_info_cap_migration, buf, cap.at);
+        dirtyTracking = { pageSizes: m.pgsize_bitmap, maxBitmapBytes: m.max_dirty_bitmap_size };
+      }
       if (cap.id !== VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) continue;
       const n = decode(vfio_iommu_type1_info_cap_iova_range, buf, cap.at).nr_iovas;
       ranges = Array.from({ length: n }, (_, i) => {
@@ -87,7 +95,7 @@ export function iommuGetInfo(calls: StepCalls, containerFd: number): Type1Info {
       });
     }
   }
-  return { pageSizes: (info.flags & VFIO_IOMMU_INFO_PGSIZES) !== 0 ? info.iova_pgsizes : null, ranges };
+  return { pageSizes: (info.flags & VFIO_IOMMU_INFO_PGSIZES) !== 0 ? info.iova_pgsizes : null, ranges, dirtyTracking };
 }
 
 export interface Type1Map {

@@ -2,6 +2,7 @@
 // /dev/vfio/noiommu-N), devices taken from their group with VFIO_GROUP_GET_DEVICE_FD.
 import { readDevnum, type DeviceLocation } from '../discovery/locate.js';
 import type { IovaRange } from '../dma/iova.js';
+import type { DmaMapping } from '../dma/mappings.js';
 import {
   checkExtension,
   getApiVersion,
@@ -19,6 +20,9 @@ import { closeQuietly, FdStack, quietly, StepCalls } from '../sys/calls.js';
 import { makedev, type Kernel } from '../sys/kernel.js';
 import { VFIO_API_VERSION, VFIO_NOIOMMU_IOMMU, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU } from '../uapi/vfio.js';
 import { IommuContext, type BeforeBindHook, type Binding, type PassedFd, type RouteDescriptor } from './route.js';
+import { Type1DirtyTracker } from './type1-dirty.js';
+import { type1DirtyPages } from '../ioctl/dirty-pages.js';
+import { kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
 
 export type LegacyIommuType = 'type1v2' | 'type1' | 'noiommu';
 const IOMMU_TYPE_NUMBER: Record<LegacyIommuType, number> = {
@@ -40,6 +44,7 @@ export class ContainerContext extends IommuContext {
   readonly node = LEGACY_ROUTE.node;
   private type: LegacyIommuType | null = null;
   private readonly groups = new Map<number, HeldGroup>();
+  private tracker: Type1DirtyTracker | null = null;
 
   private constructor(kernel: Kernel, log: Logger, readonly fd: number, private readonly ownsFd = true) {
     super(kernel, log);
@@ -146,6 +151,7 @@ export class ContainerContext extends IommuContext {
     if (this.groups.size === 0) {
       this.type = null;
       this.dmaReset(); // the container lost its IOMMU, and the mappings with it
+      this.dropTracker();
     }
   }
 
@@ -156,6 +162,7 @@ export class ContainerContext extends IommuContext {
   }
 
   protected closeResources(): void {
+    this.dropTracker();
     for (const held of this.groups.values()) this.letGo(held);
     this.groups.clear();
     if (this.ownsFd) closeQuietly(this.kernel, this.fd);
@@ -174,6 +181,54 @@ export class ContainerContext extends IommuContext {
     const alignment = pgsizes & -pgsizes;
     // kernels without the IOVA range capability accept the whole space
     return { ranges: info.ranges ?? [{ start: 0n, last: 0xffff_ffff_ffff_ffffn }], alignment: alignment > 0n ? alignment : 4096n };
+  }
+
+  /**
+   * Starts type1's dirty page tracking for every mapping of the container, now and later
+   * (VFIO_IOMMU_DIRTY_PAGES START). Only pages a VFIO driver pinned can be told apart: with a device
+   * behind a real IOMMU in the container, every mapped page reports dirty.
+   */
+  startDirtyTracking(): Type1DirtyTracker {
+    if (this.tracker) throw new UsageError('this container already tracks dirty pages: use that tracker, or stop() it first');
+    const why = this.dmaUnavailable();
+    if (why) throw new UnsupportedError(`this legacy context cannot track dirty pages: ${why}`);
+    const calls = this.steps();
+    const info = this.kernelStep(() => iommuGetInfo(calls, this.fd)).dirtyTracking;
+    if (!info) throw new UnsupportedError('this kernel\'s type1 IOMMU has no dirty page tracking (no VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION; 5.8+ has it)');
+    try {
+      type1DirtyPages(calls, this.fd, 'START');
+    } catch (e) {
+      if (e instanceof StepError && e.errno === 'EACCES') throw new UnsupportedError('type1 tracks dirty pages only in v2 mode (VFIO_TYPE1v2_IOMMU); this container is v1', e.details());
+      throw e instanceof StepError ? kernelRefused(e, 'the container') : e;
+    }
+    const host = {
+      kernel: this.kernel, fd: this.fd, steps: () => this.steps(), mappings: () => this.mappings(),
+      unmapWith: (m: DmaMapping, raw: (iova: bigint, size: bigint) => void) => this.dma.unmap(m, raw),
+      assertOpen: () => void this.dma,
+    };
+    const tracker = new Type1DirtyTracker(host, info.pageSizes & -info.pageSizes, info.maxBitmapBytes, (t) => {
+      if (this.tracker === t) this.tracker = null;
+    });
+    this.tracker = tracker;
+    return tracker;
+  }
+
+  /** The running dirty page tracker, or null. */
+  get dirtyTracker(): Type1DirtyTracker | null {
+    return this.tracker;
+  }
+
+  private dropTracker(): void {
+    this.tracker?.lost();
+    this.tracker = null;
+  }
+
+  private kernelStep<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (e) {
+      throw e instanceof StepError ? kernelRefused(e, 'the container') : e;
+    }
   }
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {

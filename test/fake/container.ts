@@ -1,7 +1,7 @@
 // /dev/vfio/vfio: the legacy container (drivers/vfio/container.c) and its type1 IOMMU
 // (vfio_iommu_type1.c): the IOMMU drivers it offers, SET_IOMMU once a group is in, and type1's
-// GET_INFO/MAP_DMA/UNMAP_DMA with RLIMIT_MEMLOCK and dma_entry_limit. The container returns to its
-// unset state, and its mappings go, when its last group leaves.
+// GET_INFO/MAP_DMA/UNMAP_DMA with RLIMIT_MEMLOCK and dma_entry_limit, and its dirty page tracking.
+// The container returns to its unset state, and its mappings go, when its last group leaves.
 import { decode, writeField } from '../../src/uapi/struct.js';
 import {
   VFIO_DMA_MAP_FLAG,
@@ -20,8 +20,9 @@ import {
   vfio_iommu_type1_info_dma_avail,
   vfio_iova_range,
 } from '../../src/uapi/vfio.js';
+import { VFIO_IOMMU_DIRTY_PAGES_FLAG, vfio_bitmap, vfio_iommu_type1_dirty_bitmap, vfio_iommu_type1_dirty_bitmap_get } from '../../src/uapi/migration.js';
 import { ioctlError, userStruct } from './errno.js';
-import { dropAreas, insertArea, pinArea } from './memory.js';
+import { dropAreas, insertArea, pinArea, userMemory } from './memory.js';
 import { PAGE, U64_MAX, type ContainerState, type DmaArea, type FakeState, type GroupFile, type GroupState, type OpenFile } from './state.js';
 
 type Arg = number | Buffer | undefined;
@@ -36,7 +37,7 @@ export function driverOf(type: number): 'type1' | 'noiommu' {
 }
 
 export function openContainer(s: FakeState): OpenFile {
-  const container: ContainerState = { fdOpen: true, groups: new Set(), iommuType: null, areas: [], dmaAvail: 0 };
+  const container: ContainerState = { fdOpen: true, groups: new Set(), iommuType: null, areas: [], dmaAvail: 0, dirtyTracking: false };
   s.containers.add(container);
   return { kind: 'container', container };
 }
@@ -55,6 +56,7 @@ export function leaveContainer(s: FakeState, file: GroupFile): void {
     c.iommuType = null;
     dropAreas(s, c.areas);
     c.dmaAvail = 0;
+    c.dirtyTracking = false;
     if (!c.fdOpen) s.containers.delete(c);
   }
 }
@@ -203,8 +205,16 @@ export function type1Unmap(s: FakeState, c: ContainerState, arg: Arg): number {
   const u = decode(vfio_iommu_type1_dma_unmap, buf);
   const ALL = 1 << 1;
   if (u.argsz < vfio_iommu_type1_dma_unmap.size || (u.flags & ~0x7) !== 0) throw ioctlError('EINVAL');
-  if ((u.flags & ~ALL) !== 0) throw ioctlError('EINVAL'); // dirty bitmaps and vaddr updates are not modelled
+  const GET_DIRTY_BITMAP = 1 << 0;
+  if ((u.flags & GET_DIRTY_BITMAP) !== 0 && (u.flags & ~GET_DIRTY_BITMAP) !== 0) throw ioctlError('EINVAL');
+  if ((u.flags & ~(ALL | GET_DIRTY_BITMAP)) !== 0) throw ioctlError('EINVAL'); // vaddr updates are not modelled
   const g = type1Geometry(s, c);
+  let bitmap: ReturnType<typeof decode<typeof vfio_bitmap.fields>> | null = null;
+  if ((u.flags & GET_DIRTY_BITMAP) !== 0) {
+    if (u.argsz < vfio_iommu_type1_dma_unmap.size + vfio_bitmap.size) throw ioctlError('EINVAL');
+    bitmap = decode(vfio_bitmap, userStruct(arg, vfio_iommu_type1_dma_unmap.size + vfio_bitmap.size), vfio_iommu_type1_dma_unmap.size);
+    verifyBitmapSize(u.size >> ffs(bitmap.pgsize), bitmap.size);
+  }
   const pgsize = g.pgsizes & -g.pgsizes;
   const v2 = c.iommuType === VFIO_TYPE1v2_IOMMU;
   let { iova, size } = u;
@@ -215,6 +225,7 @@ export function type1Unmap(s: FakeState, c: ContainerState, arg: Arg): number {
   } else if (size === 0n || (size & (pgsize - 1n)) !== 0n || iova + size - 1n > U64_MAX) {
     throw ioctlError('EINVAL');
   }
+  if (bitmap && (!c.dirtyTracking || bitmap.pgsize !== pgsize)) throw ioctlError('EINVAL');
   const last = iova + size - 1n;
   const containing = (x: bigint): DmaArea | undefined => c.areas.find((a) => x >= a.iova && x < a.iova + a.length);
   if (v2 && (u.flags & ALL) === 0) {
@@ -230,9 +241,62 @@ export function type1Unmap(s: FakeState, c: ContainerState, arg: Arg): number {
     if (!v2 && iova > a.iova) break; // v1: a mapping that starts before the range ends the walk
     victims.push(a);
   }
+  if (bitmap) for (const a of victims) writeBitmap(s, c, a, bitmap.data, iova, pgsize);
   const unmapped = victims.reduce((n, a) => n + a.length, 0n);
   dropAreas(s, c.areas, victims);
   c.dmaAvail += victims.length;
   writeField(buf, vfio_iommu_type1_dma_unmap.fields.size, unmapped);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// type1's dirty page tracking (vfio_iommu_type1_dirty_pages). No fake driver pins pages, so a bitmap
+// is all clear, except that while a group behind a real IOMMU is in the container (it never pins:
+// num_non_pinned_groups) every page its IOMMU maps reads dirty.
+
+const DIRTY_BITMAP_SIZE_MAX = 0x10000000n;
+const ffs = (n: bigint): bigint => {
+  let i = 0n;
+  while (n > 0n && (n & 1n) === 0n) { n >>= 1n; i++; }
+  return i;
+};
+
+function verifyBitmapSize(npages: bigint, bytes: bigint): void {
+  if (npages === 0n || bytes === 0n || bytes > DIRTY_BITMAP_SIZE_MAX || bytes < ((npages + 63n) / 64n) * 8n) throw ioctlError('EINVAL');
+}
+
+/** update_user_bitmap: the area's bits, at its offset from base, into the user's bitmap */
+function writeBitmap(s: FakeState, c: ContainerState, a: DmaArea, data: bigint, base: bigint, pgsize: bigint): void {
+  const g = type1Geometry(s, c);
+  const nonPinned = [...c.groups].some((f) => !f.group.emulated && !f.group.noiommu);
+  if (!(nonPinned && g.domain)) return;
+  const first = (a.iova - base) / pgsize;
+  const n = a.length / pgsize;
+  const bytes = Number(((first + n + 63n) / 64n) * 8n);
+  const user = userMemory(s, data, bytes);
+  for (let bit = first; bit < first + n; bit++) user[Number(bit >> 3n)]! |= 1 << Number(bit & 7n);
+}
+
+export function type1DirtyPages(s: FakeState, c: ContainerState, arg: Arg): number {
+  if (c.iommuType !== VFIO_TYPE1v2_IOMMU) throw ioctlError('EACCES');
+  const head = userStruct(arg, vfio_iommu_type1_dirty_bitmap.size);
+  const d = decode(vfio_iommu_type1_dirty_bitmap, head);
+  const F = VFIO_IOMMU_DIRTY_PAGES_FLAG;
+  if (d.argsz < vfio_iommu_type1_dirty_bitmap.size || (d.flags & ~(F.START | F.STOP | F.GET_BITMAP)) !== 0) throw ioctlError('EINVAL');
+  if (d.flags === 0 || (d.flags & (d.flags - 1)) !== 0) throw ioctlError('EINVAL'); // one flag at a time
+  if (d.flags === F.START) { c.dirtyTracking = true; return 0; }
+  if (d.flags === F.STOP) { c.dirtyTracking = false; return 0; }
+  if (d.argsz - vfio_iommu_type1_dirty_bitmap.size < vfio_iommu_type1_dirty_bitmap_get.size) throw ioctlError('EINVAL');
+  const r = decode(vfio_iommu_type1_dirty_bitmap_get, userStruct(arg, vfio_iommu_type1_dirty_bitmap.size + vfio_iommu_type1_dirty_bitmap_get.size), vfio_iommu_type1_dirty_bitmap.size);
+  if (r.iova + r.size > U64_MAX) throw ioctlError('EINVAL');
+  verifyBitmapSize(r.size >> ffs(r['bitmap.pgsize']), r['bitmap.size']);
+  const g = type1Geometry(s, c);
+  const pgsize = g.pgsizes & -g.pgsizes;
+  if (r['bitmap.pgsize'] !== pgsize || (r.iova & (pgsize - 1n)) !== 0n || r.size === 0n || (r.size & (pgsize - 1n)) !== 0n) throw ioctlError('EINVAL');
+  if (!c.dirtyTracking) throw ioctlError('EINVAL');
+  // vfio_iova_dirty_bitmap: whole mappings only
+  const end = r.iova + r.size;
+  if (c.areas.some((a) => (a.iova < r.iova && a.iova + a.length > r.iova) || (a.iova < end && a.iova + a.length > end))) throw ioctlError('EINVAL');
+  for (const a of c.areas) if (a.iova >= r.iova && a.iova < end) writeBitmap(s, c, a, r['bitmap.data'], r.iova, pgsize);
   return 0;
 }

@@ -55,6 +55,7 @@ const CONTAINER: IoctlTable<ContainerState> = {
     [VFIO.IOMMU_GET_INFO, container.type1Info],
     [VFIO.IOMMU_MAP_DMA, container.type1Map],
     [VFIO.IOMMU_UNMAP_DMA, container.type1Unmap],
+    [VFIO.IOMMU_DIRTY_PAGES, container.type1DirtyPages],
   ]),
 };
 

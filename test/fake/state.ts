@@ -109,6 +109,8 @@ export interface ContainerState {
   areas: DmaArea[];
   /** iommu->dma_avail: vfio_iommu_type1.dma_entry_limit when the IOMMU was set, less the mappings */
   dmaAvail: number;
+  /** iommu->dirty_page_tracking */
+  dirtyTracking: boolean;
 }
 
 export interface GroupFile {

@@ -119,6 +119,7 @@ test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expec
     assert.match(r.stdout, /pci: +1234:11e8/);
     assert.match(r.stdout, /^BAR0 +0x100000 +rwm/m);
     assert.match(r.stdout, /^ {2}migration: none$/m, 'edu has no migration');
+    assert.match(r.stdout, /^ {2}dma logging: no$/m, 'nor DMA logging');
   }
   // ... and the library underneath, everywhere
   using device = openDevice(EDU);

@@ -36,4 +36,5 @@ test('mtty reports its migration support (VFIO_DEVICE_FEATURE_MIGRATION) on both
   const r = runCli(['info', UUID, '--json']);
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(json<{ migration: unknown }>(r).migration, { flags: ['STOP_COPY', 'P2P', 'PRE_COPY'] });
+  assert.equal(json<{ dmaLogging: unknown }>(r).dmaLogging, true, 'mtty has log_ops');
 });
