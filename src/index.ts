@@ -76,6 +76,7 @@ export type { DmaMapping, DmaMapOptions } from './dma/mappings.js';
 export type { IovaRange } from './dma/iova.js';
 export { IommuContext, type BeforeBindHook } from './routes/route.js';
 export { IommufdContext } from './routes/iommufd.js';
+export { HwPagetable, type IommuHwInfo, type HwCapability } from './routes/iommufd-hwpt.js';
 export { ContainerContext } from './routes/legacy.js';
 export { Type1DirtyTracker } from './routes/type1-dirty.js';
 export { FALLBACK_TABLE, ROUTE_POLICIES, type RoutePolicy, type FallbackReport, type FallbackRule } from './routes/select.js';

@@ -7,11 +7,24 @@ import type { Logger } from '../log.js';
 import { closeQuietly, FdStack, quietly, StepCalls } from '../sys/calls.js';
 import { makedev, type Kernel } from '../sys/kernel.js';
 import { IommuContext, type BeforeBindHook, type Binding, type PassedFd, type RouteDescriptor } from './route.js';
+import { devidOf, explainDeviceStep, HwPagetable, readHwInfo, type HwptDevice, type IommuHwInfo } from './iommufd-hwpt.js';
+import { StepError, UnsupportedError, UsageError } from '../errors.js';
+import { hwptAlloc } from '../ioctl/hwpt.js';
+import { IOMMU_HWPT_ALLOC_FLAG } from '../uapi/iommufd.js';
+
+const quietlyOr = <T>(fn: () => T, fallback: T): T => {
+  try {
+    return fn();
+  } catch {
+    return fallback;
+  }
+};
 
 export class IommufdContext extends IommuContext {
   readonly route = 'iommufd' as const;
   readonly node = IOMMUFD_ROUTE.node;
   private ioasId: number | null = null;
+  private readonly hwpts = new Set<HwPagetable>();
 
   private constructor(kernel: Kernel, log: Logger, readonly fd: number, private readonly ownsFd = true) {
     super(kernel, log);
@@ -36,6 +49,73 @@ export class IommufdContext extends IommuContext {
   /** The IOAS id once allocated (for iommufd ioctls this library does not wrap), else null. */
   get ioasIdOrNull(): number | null {
     return this.ioasId;
+  }
+
+  /** What the IOMMU behind a device of this context reports of itself (IOMMU_GET_HW_INFO). */
+  hwInfo(device: HwptDevice): IommuHwInfo {
+    return readHwInfo(this.steps(), this.kernel, this.fd, device);
+  }
+
+  /**
+   * Allocates a paging HWPT over this context's IOAS for `device`'s IOMMU (IOMMU_HWPT_ALLOC);
+   * attach devices to it with attach(). `dirtyTracking` asks for one that can track dirty pages: an
+   * IOMMU without IOMMU_HW_CAP_DIRTY_TRACKING refuses it (an UnsupportedError).
+   */
+  allocHwpt(device: HwptDevice, options: { dirtyTracking?: boolean } = {}): HwPagetable {
+    const calls = this.steps();
+    const flags = options.dirtyTracking ? IOMMU_HWPT_ALLOC_FLAG.DIRTY_TRACKING : 0;
+    if (options.dirtyTracking) {
+      // asked only where the hardware says it can, as QEMU's iommufd backend does
+      const caps = this.hwInfo(device).capabilities;
+      if (!caps.includes('DIRTY_TRACKING')) {
+        throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${caps.join(', ') || 'none'})`,
+          { step: 'IOMMU_GET_HW_INFO', route: 'iommufd', hint: 'track dirty pages in the device (dmaLogging) if it can, or treat all mapped memory as dirty' });
+      }
+    }
+    let id: number;
+    try {
+      id = hwptAlloc(calls, this.fd, devidOf(device), this.ioas(calls), flags);
+    } catch (e) {
+      if (e instanceof StepError && e.errno === 'EOPNOTSUPP' && options.dirtyTracking) {
+        const caps = quietlyOr(() => this.hwInfo(device).capabilities.join(', ') || 'none', 'unknown');
+        throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${caps}): IOMMU_HWPT_ALLOC with DIRTY_TRACKING answers EOPNOTSUPP`, e.details());
+      }
+      if (e instanceof StepError && e.errno === 'EADDRINUSE') {
+        // iopt_table_add_domain: the new domain's geometry does not cover the IOAS's mappings. A driver
+        // that finalises a domain only when a device attaches (6.12's virtio-iommu) has none yet.
+        throw new UnsupportedError(`the IOMMU behind ${device.name} cannot take a HWPT allocated apart over this IOAS: its new domain does not cover the IOAS's mappings (IOMMU_HWPT_ALLOC answers EADDRINUSE; virtio-iommu sets a domain's aperture only when a device attaches)`,
+          { ...e.details(), hint: 'use the HWPT the bind made (the IOAS attachment); with virtio-iommu an explicit HWPT is not available' });
+      }
+      throw explainDeviceStep(e, device);
+    }
+    const hwpt = new HwPagetable({ kernel: this.kernel, fd: this.fd, steps: () => this.steps(), assertOpen: () => void this.dma, forget: (h) => this.hwpts.delete(h) }, id, !!options.dirtyTracking);
+    this.hwpts.add(hwpt);
+    return hwpt;
+  }
+
+  /** Attaches a device of this context to one of its HWPTs, or back to the IOAS (VFIO_DEVICE_ATTACH_IOMMUFD_PT replaces the attachment). */
+  attach(device: HwptDevice, target: HwPagetable | 'ioas'): void {
+    const calls = this.steps();
+    if (target !== 'ioas' && (target.destroyed || !this.hwpts.has(target))) throw new UsageError(`HWPT ${target.id} is not a live HWPT of this context`);
+    try {
+      attachIommufdPt(calls, device.fd, target === 'ioas' ? this.ioas(calls) : target.id);
+    } catch (e) {
+      throw explainDeviceStep(e, device);
+    }
+    for (const h of this.hwpts) h.attached.delete(device.name);
+    if (target !== 'ioas') target.attached.add(device.name);
+  }
+
+  /** The HWPTs this context allocated and has not destroyed. */
+  get hwPagetables(): HwPagetable[] {
+    return [...this.hwpts];
+  }
+
+  /** @internal a device left: its fd's close detached it from any HWPT */
+  override untrack(device: { close(): void }): void {
+    super.untrack(device);
+    const name = (device as { name?: string }).name;
+    if (name !== undefined) for (const h of this.hwpts) h.attached.delete(name);
   }
 
   bind(loc: DeviceLocation, beforeBind?: BeforeBindHook, passed?: PassedFd): Binding {
@@ -75,6 +155,9 @@ export class IommufdContext extends IommuContext {
   }
 
   protected closeResources(): void {
+    const hwpts = [...this.hwpts];
+    if (!this.ownsFd) for (const h of hwpts) quietly(() => destroy(this.steps(), this.fd, h.id)); // a lent iommufd stays open: ours go
+    for (const h of hwpts) h.lost();
     if (this.ownsFd) {
       closeQuietly(this.kernel, this.fd); // which frees the IOAS and every mapping in it
       return;

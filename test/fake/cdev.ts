@@ -57,7 +57,7 @@ export function attachPt(s: FakeState, file: DeviceFile, arg: Arg): number {
   if (obj.type === 'ioas') checkAttach(s, ctx, a.pt_id, obj, !dev.group?.emulated);
   if (obj.type === 'ioas' && !dev.group?.emulated) {
     // an automatic domain, shared by the devices attached to the same IOAS
-    const found = [...ctx.objects.entries()].find(([, o]) => o.type === 'hwpt' && o.ioas === a.pt_id);
+    const found = [...ctx.objects.entries()].find(([, o]) => o.type === 'hwpt' && !o.user && o.ioas === a.pt_id); // auto_domain only
     if (found) pt = found[0];
     else {
       pt = ctx.nextId++;
@@ -84,7 +84,7 @@ export function detachPt(_s: FakeState, file: DeviceFile, arg: Arg): number {
 function detach(file: DeviceFile): void {
   if (file.attachedPt === null) return;
   const obj = file.ctx!.objects.get(file.attachedPt);
-  if (obj?.type === 'hwpt' && --obj.users === 0) file.ctx!.objects.delete(file.attachedPt); // an automatic domain dies with its last device
+  if (obj?.type === 'hwpt' && --obj.users === 0 && !obj.user) file.ctx!.objects.delete(file.attachedPt); // an automatic domain dies with its last device
   file.attachedPt = null;
 }
 

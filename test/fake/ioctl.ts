@@ -13,6 +13,7 @@ import * as container from './container.js';
 import * as device from './device.js';
 import { ioctlError, sysError } from './errno.js';
 import * as group from './group.js';
+import * as hwpt from './hwpt.js';
 import * as iommufd from './iommufd.js';
 import * as irqs from './irqs.js';
 import { migFileIoctl } from './migration.js';
@@ -30,7 +31,7 @@ interface IoctlTable<F> {
   requests: Map<number, Handler<F>>;
 }
 
-/** /dev/iommu: iommufd_fops_ioctl (HWPT_ALLOC, IOAS_COPY, OPTION... are not modelled) */
+/** /dev/iommu: iommufd_fops_ioctl (IOAS_COPY, OPTION, nested HWPTs... are not modelled) */
 const IOMMUFD: IoctlTable<IommufdCtx> = {
   first: new Map(),
   gate: null,
@@ -40,6 +41,10 @@ const IOMMUFD: IoctlTable<IommufdCtx> = {
     [IOMMU.IOAS_IOVA_RANGES, iommufd.ioasIovaRanges],
     [IOMMU.IOAS_MAP, iommufd.ioasMap],
     [IOMMU.IOAS_UNMAP, iommufd.ioasUnmap],
+    [IOMMU.GET_HW_INFO, hwpt.getHwInfo],
+    [IOMMU.HWPT_ALLOC, hwpt.hwptAlloc],
+    [IOMMU.HWPT_SET_DIRTY_TRACKING, hwpt.hwptSetDirtyTracking],
+    [IOMMU.HWPT_GET_DIRTY_BITMAP, hwpt.hwptGetDirtyBitmap],
   ]),
 };
 

@@ -237,6 +237,15 @@ function translate(dev: DeviceState, iova: bigint, length: number, write: boolea
   return pieces;
 }
 
+/** A DMA write through a HWPT that tracks dirty pages sets their dirty bits (the IOMMU's A/D bits). */
+function markDirty(dev: DeviceState, iova: bigint, length: bigint): void {
+  for (const f of dev.files) {
+    const obj = f.via === 'cdev' && f.bound && f.attachedPt !== null ? f.ctx!.objects.get(f.attachedPt) : undefined;
+    if (obj?.type !== 'hwpt' || !obj.tracking) continue;
+    for (let page = iova & ~0xfffn; page < iova + length; page += 0x1000n) obj.dirty!.add(page);
+  }
+}
+
 /**
  * The device's DMA at iova: a write copies `buf` into memory, a read copies memory into `buf`. On a
  * fault nothing is copied and the fault is recorded.
@@ -254,6 +263,7 @@ export function deviceDma(s: FakeState, dev: DeviceState, iova: bigint, buf: Buf
     else buf.set(memory, done);
     done += p.n;
   }
+  if (write) markDirty(dev, iova, BigInt(buf.length));
   s.dmaTransfers.push({ device: dev.name, iova, length: buf.length, write });
   return true;
 }

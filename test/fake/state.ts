@@ -95,10 +95,23 @@ export interface IoasObject {
   areas: DmaArea[];
 }
 
+export interface HwptObject {
+  type: 'hwpt';
+  ioas: number;
+  users: number;
+  /** allocated by IOMMU_HWPT_ALLOC (an automatic one dies with its last device) */
+  user?: boolean;
+  /** allocated with IOMMU_HWPT_ALLOC_DIRTY_TRACKING: its domain has dirty ops */
+  dirtyOps?: boolean;
+  tracking?: boolean;
+  /** 4 KiB pages DMA wrote while tracking, not yet read and cleared */
+  dirty?: Set<bigint>;
+}
+
 export interface IommufdCtx {
   fdOpen: boolean;
   nextId: number;
-  objects: Map<number, IoasObject | { type: 'hwpt'; ioas: number; users: number } | { type: 'device'; device: DeviceState }>;
+  objects: Map<number, IoasObject | HwptObject | { type: 'device'; device: DeviceState }>;
 }
 
 export interface ContainerState {
@@ -261,6 +274,8 @@ export class FakeState {
 
   readonly hasIommufd: boolean;
   readonly iommu: NonNullable<HostOptions['iommu']>;
+  /** IOMMU_CAP_DIRTY_TRACKING */
+  readonly iommuDirtyTracking: boolean;
   /** running as root: see HostOptions.root */
   root: boolean;
   rawio: boolean;
@@ -316,6 +331,7 @@ export class FakeState {
   constructor(options: Omit<HostOptions, 'devices' | 'mdevs'>) {
     this.hasIommufd = (options.kernel ?? 'iommufd') === 'iommufd';
     this.iommu = options.iommu ?? 'intel';
+    this.iommuDirtyTracking = options.iommuDirtyTracking ?? false;
     this.root = options.root ?? true;
     this.rawio = options.rawio ?? this.root;
     this.ipcLock = this.root;

@@ -96,6 +96,8 @@ export interface HostOptions {
   drivers?: string[];
   /** vfio_iommu_type1 is loaded (default true): without it the container offers neither type1 nor type1v2 */
   type1?: boolean;
+  /** the IOMMU has dirty tracking (IOMMU_CAP_DIRTY_TRACKING; default false, as the test bed's emulated ones) */
+  iommuDirtyTracking?: boolean;
 }
 
 /** A call as the fake saw it, for the call log, listeners and failure rules. */
