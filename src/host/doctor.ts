@@ -10,6 +10,7 @@ import type { RouteName } from '../routes/names.js';
 import { unsafeInterruptsParam } from '../routes/route.js';
 import { predictRoute, type RoutePrediction } from '../routes/select.js';
 import type { Kernel } from '../sys/kernel.js';
+import { migrationOffer } from './migration-offer.js';
 
 /** node:zlib, loaded only when a kernel's config must be read from /proc/config.gz (every CLI command
  *  loads this module, and zlib is a noticeable part of start-up under emulation). */
@@ -311,10 +312,20 @@ function routeCheck(f: Facts): Check | null {
   };
 }
 
+/** What the device offers a migration: its own migration, and dirty tracking (host/migration-offer.ts). */
+function migrationCheck(f: Facts): Check | null {
+  const loc = f.loc;
+  if (!loc || !f.prediction) return null;
+  const o = migrationOffer(f.kernel, loc, f.prediction.route);
+  const what = o.migration === null ? 'migration unknown without a bind' : o.migration ? 'VFIO migration' : 'no VFIO migration';
+  const dirty = o.iommuDirty === null ? '' : o.iommuDirty ? ', IOMMU dirty tracking' : ', no IOMMU dirty tracking';
+  return { id: 'migration', status: 'info', summary: `${loc.name}: ${what}${dirty}`, evidence: o.lines };
+}
+
 /** Every check, in the order the report lists them. */
 export const CHECKS: readonly CheckFn[] = [
   iommuCheck, interruptRemappingCheck, kernelCheck, modulesCheck, deviceCheck, permissionsCheck, memlockCheck,
-  driverCheck, groupCheck, routeCheck, releaseCheck,
+  driverCheck, groupCheck, routeCheck, releaseCheck, migrationCheck,
 ];
 
 export function doctor(kernel: Kernel, spec?: string): DoctorReport {

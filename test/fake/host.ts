@@ -9,11 +9,15 @@ import { makedev } from '../../src/sys/kernel.js';
 import { VFIO_DEVICE_FLAGS, VFIO_MIGRATION, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REGION, VFIO_REGION_INFO_FLAG } from '../../src/uapi/vfio.js';
 import { driversProbe, loadDriver, moduleParam } from './drivers.js';
 import { newEdu } from './edu.js';
+import { FAKE_VTD } from './hwpt.js';
 import { sysError } from './errno.js';
 import { defaultCmdline, kernelConfigText, procInterrupts, procStatus, writeLimits } from './proc.js';
 import { findDevice, groupName, noIrqs, PAGE, RDEV, vfioDriver, type DeviceState, type FakeState } from './state.js';
 import { attr, link, mkdir, mknod, mknodIfAbsent, put, remove, symlink, writeFile } from './sysfs.js';
 import type { FakeRegion, HostOptions, MdevOptions, PciDeviceOptions } from './types.js';
+
+/** each IOMMU unit's device directory, where /sys/class/iommu/<unit> points */
+const IOMMU_UNIT = { intel: '/sys/devices/virtual/iommu/dmar0', virtio: '/sys/devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0' } as const;
 
 /** The tree before any device: /proc/self, the modules loaded, the bus's attributes, what doctor reads. */
 export function buildHost(s: FakeState, options: Omit<HostOptions, 'devices' | 'mdevs'>): void {
@@ -24,8 +28,17 @@ export function buildHost(s: FakeState, options: Omit<HostOptions, 'devices' | '
   for (const dir of ['/sys/bus/pci/devices', '/sys/bus/pci/drivers', '/sys/bus/mdev/devices', '/sys/kernel/iommu_groups', '/sys/class/vfio-dev', '/sys/class/iommu', '/dev/char']) {
     mkdir(s, dir);
   }
-  if (s.iommu === 'intel') symlink(s, '/sys/class/iommu/dmar0', '../../devices/virtual/iommu/dmar0');
-  if (s.iommu === 'virtio') symlink(s, '/sys/class/iommu/0000:00:01.0', '../../devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0');
+  if (s.iommu === 'intel') {
+    symlink(s, '/sys/class/iommu/dmar0', '../../devices/virtual/iommu/dmar0');
+    // intel-iommu's attributes print the registers with %llx
+    writeFile(s, `${IOMMU_UNIT.intel}/intel-iommu/cap`, FAKE_VTD.cap.toString(16));
+    writeFile(s, `${IOMMU_UNIT.intel}/intel-iommu/ecap`, (s.iommuDirtyTracking ? FAKE_VTD.ecap | (1n << 45n) | (1n << 43n) : FAKE_VTD.ecap).toString(16));
+  }
+  if (s.iommu === 'virtio') {
+    symlink(s, '/sys/class/iommu/0000:00:01.0', '../../devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0');
+    writeFile(s, '/sys/devices/pci0000:00/0000:00:01.0/virtio0/modalias', 'virtio:d00000017v00001AF4');
+    link(s, `${IOMMU_UNIT.virtio}/device`, '/sys/devices/pci0000:00/0000:00:01.0/virtio0');
+  }
   const vfio = options.vfio ?? true;
   if (vfio) {
     mknod(s, '/dev/vfio/vfio', RDEV.vfioContainer, 0o666);
@@ -167,6 +180,8 @@ function attach(s: FakeState, dev: DeviceState, groupId: number | null, emulated
     g.members.push(dev);
     dev.group = g;
     link(s, `${dev.sysfsPath}/iommu_group`, `/sys/kernel/iommu_groups/${groupId}`);
+    const unit = s.iommu === 'intel' || s.iommu === 'virtio' ? IOMMU_UNIT[s.iommu] : null;
+    if (unit && !emulated) link(s, `${dev.sysfsPath}/iommu`, unit);
     link(s, `/sys/kernel/iommu_groups/${groupId}/devices/${dev.name}`, dev.sysfsPath);
   }
   if (cdev !== undefined) dev.cdevIndex = cdev; // null: never one; a number: this one, once bound to VFIO
@@ -195,6 +210,7 @@ export function setDriver(s: FakeState, name: string, driver: string | null): vo
 
 /** The device left VFIO: its vfio-dev entry and cdev node go, and the group node with its last VFIO member. */
 function unregisterVfio(s: FakeState, dev: DeviceState): void {
+  remove(s, `/sys/kernel/debug/vfio/${dev.name}`);
   if (dev.cdevIndex !== null && dev.cdevIndex >= 0) {
     const n = dev.cdevIndex;
     remove(s, `${dev.sysfsPath}/vfio-dev`);
@@ -211,6 +227,9 @@ function unregisterVfio(s: FakeState, dev: DeviceState): void {
 }
 
 function registerVfio(s: FakeState, dev: DeviceState): void {
+  // VFIO's debugfs (CONFIG_VFIO_DEBUGFS): a directory per registered device, with migration/ where its driver has migration ops
+  mkdir(s, `/sys/kernel/debug/vfio/${dev.name}`);
+  if (dev.mig) writeFile(s, `/sys/kernel/debug/vfio/${dev.name}/migration/state`, 'RUNNING');
   const g = dev.group;
   if (g) {
     // the group's device in the vfio class (drivers/vfio/group.c): /dev/vfio/N, /sys/class/vfio/N/dev

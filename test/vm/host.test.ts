@@ -113,6 +113,7 @@ function expectedDoctor(): { statuses: Record<string, string>; exitCode: number;
   const epermThere = iommus.length > 0 && !remapped && !unsafe && !noiommu;
   set('route', route && !epermThere ? 'ok' : 'fail', route ? 6 : 3);
   if (driver === 'vfio-pci') set('release', 'ok');
+  set('migration', 'info');
   return { statuses, exitCode: fails[0]?.[1] ?? 0, route };
 }
 
@@ -145,6 +146,16 @@ test('doctor: each check\'s status and evidence as this guest\'s kernel really h
     }
     if (ir.status === 'warn') assert.match(ir.summary, /no interrupt remapping; accepted unsafely on the legacy route and iommufd route/);
   }
+  // what edu offers a migration: no migration driver (VFIO's debugfs, where the kernel has it), and its IOMMU's dirty bits
+  const mig = check(report, 'migration');
+  if (driverOf(EDU) === 'vfio-pci' && fs.existsSync(`/sys/kernel/debug/vfio/${EDU}`)) assert.match(mig.summary, /: no VFIO migration/);
+  const unit = fs.existsSync(`/sys/bus/pci/devices/${EDU}/iommu`) ? fs.readlinkSync(`/sys/bus/pci/devices/${EDU}/iommu`).split('/').pop()! : null;
+  if (unit && fs.existsSync(`/sys/class/iommu/${unit}/intel-iommu/ecap`)) {
+    assert.ok(mig.evidence.some((l) => l.startsWith(`VT-d ${unit}: ecap 0x${read(`/sys/class/iommu/${unit}/intel-iommu/ecap`)}: no `)), mig.evidence.join('; '));
+    assert.match(mig.summary, /, no IOMMU dirty tracking$/, 'QEMU\'s VT-d has no second-level A/D bits');
+  }
+  if (CASE.startsWith('iommufd-6.12-virtio')) assert.ok(mig.evidence.includes(`${unit} is a virtio-iommu: no IOMMU dirty tracking`), mig.evidence.join('; '));
+  if (want.route === 'legacy') assert.ok(mig.evidence.some((l) => /type1 reports every mapped page dirty/.test(l)));
   const kernel = check(report, 'kernel').summary;
   assert.match(kernel, fs.existsSync('/sys/class/misc/iommu') ? /has iommufd: the iommufd route is available/ : /has no iommufd \(CONFIG_IOMMUFD not set\)/);
   if (CASE === 'iommufd-6.12-hidden-iommu') {
