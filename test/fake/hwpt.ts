@@ -21,8 +21,8 @@ import { U64_MAX, type DeviceState, type FakeState, type HwptObject, type Iommuf
 
 type Arg = number | Buffer | undefined;
 
-/** what QEMU's emulated VT-d reports (a 6.12 guest's /sys/class/iommu/dmar0/intel-iommu/{cap,ecap}) */
-export const FAKE_VTD = { cap: 0x00d2008c22260286n, ecap: 0x0000000000f00f5an } as const;
+/** what QEMU 7.2's emulated VT-d reports: the test bed's iommufd-6.12-intel guest read them from /sys/class/iommu/dmar0/intel-iommu/{cap,ecap} */
+export const FAKE_VTD = { cap: 0xd2008c22260206n, ecap: 0xf00f4an } as const;
 
 function cmd(arg: Arg, minsz: number): Buffer {
   if (!Buffer.isBuffer(arg) || arg.length < 4) throw ioctlError('EFAULT');
