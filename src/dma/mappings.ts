@@ -36,6 +36,8 @@ export interface DmaMapping {
   writable: boolean;
 }
 
+const HUGE_PAGE_BYTES = 2n << 20n;
+
 export class DmaMappings {
   private readonly allocator = new IovaAllocator([]);
   private alignment = 4096n;
@@ -88,7 +90,10 @@ export class DmaMappings {
     if (buffer.freed) throw new ClosedError('cannot map a freed DMA buffer');
     const allocator = this.geometry();
     const size = BigInt(buffer.size);
-    const align = BigInt(Math.max(buffer.pageSize, Number(this.alignment)));
+    // a 2 MiB-aligned buffer of 2 MiB or more (huge pages, or THP from allocDma) gets a 2 MiB-aligned
+    // IOVA, so that the IOMMU can map it with 2 MiB pages too
+    const superpage = size >= HUGE_PAGE_BYTES && buffer.address % HUGE_PAGE_BYTES === 0n ? HUGE_PAGE_BYTES : 0n;
+    const align = [BigInt(buffer.pageSize), this.alignment, superpage].reduce((a, b) => (a > b ? a : b));
     let iova: bigint;
     if (options.iova !== undefined) {
       iova = BigInt(options.iova);

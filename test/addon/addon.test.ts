@@ -132,6 +132,24 @@ test('allocDma: page-aligned memory, counted live until unmap, which detaches ev
   assert.deepEqual(addon.liveCounts(), before);
 });
 
+test('allocDma of 2 MiB or more (no hugePages): 2 MiB-aligned, advised for THP before it is populated', () => {
+  const mem = addon.allocDma(4 * 1024 * 1024 + 4096, false);
+  try {
+    const at = addon.addressOf(mem);
+    assert.equal(at % (2n * 1024n * 1024n), 0n, '2 MiB-aligned, so that THP (and IOMMU superpages) can back it');
+    const vma = fs.readFileSync('/proc/self/smaps', 'utf8').split(/\n(?=[0-9a-f]+-)/).find((m) => m.startsWith(at.toString(16)))!;
+    assert.ok(vma, 'its VMA is in smaps');
+    assert.match(vma, /^VmFlags:.* hg( |$)/m, 'MADV_HUGEPAGE applied (VmFlags hg)');
+    assert.match(vma, /^Rss:\s+4100 kB$/m, 'populated: every page resident');
+    // where THP may be used, the kernel backs it with huge pages (if it finds free 2 MiB blocks)
+    const thp = fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    const huge = Number(/^AnonHugePages:\s+(\d+) kB$/m.exec(vma)?.[1] ?? 0);
+    if (!/\[never\]/.test(thp) && huge === 0) process.stderr.write(`note: THP ${thp.trim()}, but no huge page backed it (fragmented memory?)\n`);
+  } finally {
+    addon.unmap(mem);
+  }
+});
+
 test('allocDma with hugePages: ENOMEM without reserved huge pages; a 2 MiB page once one is reserved', (t) => {
   const nr = '/proc/sys/vm/nr_hugepages';
   const reserved = Number(fs.readFileSync(nr, 'utf8'));

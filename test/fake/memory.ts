@@ -22,11 +22,12 @@ export function allocDma(s: FakeState, len: number, hugePages: boolean): ArrayBu
     if (pages > s.hugePagesFree) throw sysError('ENOMEM', 'mmap'); // MAP_HUGETLB without reserved pages
     s.hugePagesFree -= pages;
   }
-  return newMapping(s, 'dma', len, hugePages).buffer;
+  // the addon aligns 2 MiB or more to 2 MiB (for THP) without reserved huge pages too
+  return newMapping(s, 'dma', len, hugePages, !hugePages && len >= HUGE_PAGE).buffer;
 }
 
-export function newMapping(s: FakeState, kind: MemMapping['kind'], length: number, hugePages: boolean): MemMapping {
-  const align = BigInt(hugePages ? HUGE_PAGE : PAGE);
+export function newMapping(s: FakeState, kind: MemMapping['kind'], length: number, hugePages: boolean, thpAligned = false): MemMapping {
+  const align = BigInt(hugePages || thpAligned ? HUGE_PAGE : PAGE);
   const address = ((s.nextVaddr + align - 1n) / align) * align;
   // a guard page between mappings: an access past one end never lands in the next one
   s.nextVaddr = address + BigInt(Math.ceil(length / Number(align)) * Number(align) + PAGE);

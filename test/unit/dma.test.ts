@@ -43,6 +43,26 @@ describe('allocDmaBuffer', () => {
     assert.equal(allocDmaBuffer(1, { kernel: k }).size, K, 'ordinary pages still work');
   });
 
+  test('2 MiB or more without huge pages: 2 MiB-aligned memory (THP) and a 2 MiB-aligned IOVA on both routes; smaller buffers keep 4 KiB', () => {
+    for (const kernel of ['iommufd', 'stock'] as const) {
+      const k = FakeKernel.host({ kernel });
+      using dev = openDevice(EDU, { kernel: k });
+      const small = allocDmaBuffer(K, { kernel: k });
+      const big = allocDmaBuffer(2 * 1024 * 1024 + K, { kernel: k });
+      assert.equal(big.address % (2n << 20n), 0n, 'the addon aligns it for THP');
+      assert.equal(big.pageSize, K, 'still ordinary pages to the library');
+      const s = dev.context.map(small);
+      const b = dev.context.map(big);
+      assert.equal(s.iova % BigInt(K), 0n);
+      assert.notEqual(s.iova % (2n << 20n), 0n, 'a small buffer is not pushed to a 2 MiB boundary');
+      assert.equal(b.iova % (2n << 20n), 0n, `${kernel}: the IOMMU can use 2 MiB pages for it`);
+      dev.context.unmap(s);
+      dev.context.unmap(b);
+      small.free();
+      big.free();
+    }
+  });
+
   test('an ENOMEM for ordinary pages is a KernelError without the huge-page hint', () => {
     const k = FakeKernel.host().failNext({ call: 'allocDma', errno: 'ENOMEM' });
     const e = catchError(() => allocDmaBuffer(K, { kernel: k }), KernelError);
