@@ -29,15 +29,23 @@ function ioctlCost(): string {
     const n = 1_000_000;
     const js: number[] = [];
     const c: number[] = [];
+    const floor: number[] = [];
     for (let round = 0; round < 7; round++) {
-      const t0 = process.hrtime.bigint();
+      let t0 = process.hrtime.bigint();
       for (let i = 0; i < n; i++) addon.ioctl(fd, FIONREAD, out);
       js.push(Number(process.hrtime.bigint() - t0) / n);
       c.push(Number(execFileSync(loop, [String(n), file], { encoding: 'utf8' })));
+      t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) addon.noop();
+      floor.push(Number(process.hrtime.bigint() - t0) / n);
     }
     fs.closeSync(fd);
     if (out.readInt32LE(0) !== 100) throw new Error('FIONREAD did not report the file size');
-    return ratioLine('ioctl(FIONREAD) through the addon vs C', median(js), median(c), 'ns', 1.1);
+    const [ours, theirs, call] = [median(js), median(c), median(floor)];
+    // the floor: a Node-API call that does nothing; what is left over is the addon's own work
+    return `${ratioLine('ioctl(FIONREAD) through the addon vs C', ours, theirs, 'ns', 1.1)}\n` +
+      `  the floor, an empty Node-API call: ${call.toFixed(1)} ns. The addon's ioctl is C's ${theirs.toFixed(1)} ns + that call + ` +
+      `${(ours - theirs - call).toFixed(1)} ns of its own (reading the arguments, the buffer's address, errno); C + the floor would be ${((theirs + call) / theirs).toFixed(2)}x`;
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -131,6 +131,14 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 }
 
 
+/* noop(): nothing. The cost of a Node-API call itself, the floor under every addon call (npm run bench). */
+static napi_value js_noop(napi_env env, napi_callback_info info)
+{
+	(void)env;
+	(void)info;
+	return NULL;
+}
+
 /* errnoName(number) -> string | null: the name a failed call's .code would carry (for tests). */
 static napi_value js_errno_name(napi_env env, napi_callback_info info)
 {
@@ -587,6 +595,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "liveCounts", NULL, js_live_counts, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "errnoName", NULL, js_errno_name, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "noop", NULL, js_noop, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	CHECK(env, napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props));
 	return exports;

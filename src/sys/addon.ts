@@ -28,6 +28,8 @@ export interface Addon {
   liveCounts(): { mappings: number; watches: number; finalized: { mappings: number; watches: number } };
   /** the errno name a failed call's .code carries, or null for a number Linux does not define */
   errnoName(errno: number): string | null;
+  /** does nothing: the cost of a Node-API call itself (the benchmarks' floor) */
+  noop(): void;
 }
 
 export type Libc = 'glibc' | 'musl' | 'unknown';
