@@ -95,18 +95,25 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 {
 	size_t argc = 3;
 	napi_value argv[3], result;
-	int64_t fd, request, value = 0;
+	int32_t fd;
+	uint32_t request;
+	int64_t value = 0;
 	void *pointer = NULL;
 	bool by_address = false;
 
 	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
 	if (argc < 2)
 		return type_error(env, "ioctl(fd, request, arg?) needs fd and request");
-	if (napi_get_value_int64(env, argv[0], &fd) != napi_ok)
+	/* int32/uint32: an fd is an int and a request number 32 bits, and these skip int64's double handling */
+	if (napi_get_value_int32(env, argv[0], &fd) != napi_ok)
 		return type_error(env, "fd must be a number");
-	if (napi_get_value_int64(env, argv[1], &request) != napi_ok)
+	if (napi_get_value_uint32(env, argv[1], &request) != napi_ok)
 		return type_error(env, "request must be a number");
 	if (argc >= 3) {
+		/* a buffer first: the call layer passes one for nearly every request */
+		if (napi_get_buffer_info(env, argv[2], &pointer, NULL) == napi_ok) {
+			by_address = true;
+		} else {
 		napi_status number = napi_get_value_int64(env, argv[2], &value);
 		if (number == napi_number_expected) {
 			if (napi_get_typedarray_info(env, argv[2], NULL, NULL, &pointer, NULL, NULL) == napi_ok ||
@@ -120,6 +127,7 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 			}
 		} else if (number != napi_ok) {
 			return type_error(env, "ioctl arg is not a usable number");
+		}
 		}
 	}
 	int ret = by_address ? ioctl((int)fd, (unsigned long)request, pointer)
