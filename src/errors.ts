@@ -239,3 +239,12 @@ export class StepError extends Error {
 export function kernelRefused(e: StepError, subject: string): KernelError {
   return new KernelError(`the kernel refused ${e.step} on ${subject}: ${e.errno ?? e.message}`, e.details());
 }
+
+/** Runs kernel steps on `subject`: a refusal (StepError) leaves as the public KernelError; anything else as it is. */
+export function onKernel<T>(subject: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw e instanceof StepError ? kernelRefused(e, subject) : e;
+  }
+}

@@ -2,7 +2,7 @@
 // without a shared context, its IOMMU context) and closes them, in reverse order, exactly once.
 import { EventEmitter } from 'node:events';
 import type { DeviceLocation } from '../discovery/locate.js';
-import { ClosedError, DeviceReleasedError, KernelError, kernelRefused, StepError, UnsupportedError, UsageError, type VfioError } from '../errors.js';
+import { ClosedError, DeviceReleasedError, KernelError, onKernel, StepError, UnsupportedError, UsageError, type VfioError } from '../errors.js';
 import { deviceGetInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
 import type { Logger } from '../log.js';
 import type { RouteName } from '../routes/names.js';
@@ -352,11 +352,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
 
   /** Runs kernel steps on the bound device: a refusal is a KernelError naming the step. */
   private kernelStep<T>(fn: () => T): T {
-    try {
-      return fn();
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, this.name) : e;
-    }
+    return onKernel(this.name, fn);
   }
 
   private readInfo(): DeviceInfo {

@@ -3,11 +3,10 @@
 // is the dirty tracking a migration uses when the device, not the IOMMU, can tell (mlx5, pds; mtty's
 // sample ops accept every request and log nothing). The uAPI allows one log at a time: a DmaLog owns it
 // from start() until stop(), dispose or the device's close.
-import { DirtyTrackingError, kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { DirtyTrackingError, kernelRefused, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 import { deviceFeatureProbe } from '../ioctl/device.js';
 import { dmaLoggingReport, dmaLoggingStart, dmaLoggingStop, type IovaRange } from '../ioctl/migration.js';
-import { withScratch } from '../ioctl/scratch.js';
-import { bitmapBytes, DirtyBitmap } from '../dma/dirty.js';
+import { readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
 import type { DmaMapping } from '../dma/mappings.js';
 import type { MigrationHost } from './migration.js';
 
@@ -72,11 +71,8 @@ export class DmaLog implements Disposable {
    * A failed report leaves the log in doubt: the uAPI says to treat all memory as dirty.
    */
   report(range?: LogRange, options: { pageSize?: bigint | number } = {}): DirtyBitmap {
-    const r = range ? toRange(range) : null;
-    if (!r) {
-      if (this.ranges.length !== 1) throw new UsageError(`the log has ${this.ranges.length} ranges: name one, or call reportAll()`);
-    }
-    return this.reportOne(r ?? this.ranges[0]!, BigInt(options.pageSize ?? this.pageSize));
+    if (!range && this.ranges.length !== 1) throw new UsageError(`the log has ${this.ranges.length} ranges: name one, or call reportAll()`);
+    return this.reportOne(range ? toRange(range) : this.ranges[0]!, BigInt(options.pageSize ?? this.pageSize));
   }
 
   /** One bitmap per logged range. */
@@ -88,9 +84,7 @@ export class DmaLog implements Disposable {
     this.host.assertOpen();
     if (this.isStopped) throw new DirtyTrackingError(`${this.host.name}: no DMA log to report: ${REASON_TEXT['not-started']}`, 'not-started');
     if (pageSize <= 0n || range.length <= 0n) throw new UsageError(`a report needs a positive page size and length (page size ${pageSize}, length ${range.length})`);
-    const pages = Number((range.length + pageSize - 1n) / pageSize);
-    const bytes = bitmapBytes(pages);
-    const bits = withScratch(this.host.calls(), this.host.kernel, 'allocate the dirty bitmap', bytes, (memory, address) => {
+    return readDirtyBitmap(this.host.calls(), this.host.kernel, range, pageSize, (address) => {
       try {
         dmaLoggingReport(this.host.calls(), this.host.deviceFd(), range, pageSize, address);
       } catch (e) {
@@ -99,9 +93,7 @@ export class DmaLog implements Disposable {
         if (reason) throw new DirtyTrackingError(`${this.host.name} refused the DMA log report of ${hexRange(range)}: ${REASON_TEXT[reason]} (${e.errno})`, reason, e.details());
         throw kernelRefused(e, this.host.name);
       }
-      return Buffer.from(memory.subarray(0, bytes)); // a copy: the scratch pages are unmapped next
     });
-    return new DirtyBitmap(range.iova, range.length, pageSize, bits);
   }
 
   /** Stops the device's logging (idempotent). A refusal still leaves this log stopped. */
@@ -109,11 +101,7 @@ export class DmaLog implements Disposable {
     if (this.isStopped) return;
     this.isStopped = true;
     this.onStop(this);
-    try {
-      dmaLoggingStop(this.host.calls(), this.host.deviceFd());
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, this.host.name) : e;
-    }
+    onKernel(this.host.name, () => dmaLoggingStop(this.host.calls(), this.host.deviceFd()));
   }
 
   /** @internal the device closes: stop the log before its fd goes (the core leaves that to each driver's close) */
@@ -142,13 +130,7 @@ export class DeviceDmaLogging {
   /** Whether the device's driver has DMA logging (the PROBE of DMA_LOGGING_START). */
   supported(): boolean {
     this.host.assertOpen();
-    if (this.cachedSupport === undefined) {
-      try {
-        this.cachedSupport = deviceFeatureProbe(this.host.calls(), this.host.deviceFd(), 'DMA_LOGGING_START', 'set');
-      } catch (e) {
-        throw e instanceof StepError ? kernelRefused(e, this.host.name) : e;
-      }
-    }
+    this.cachedSupport ??= onKernel(this.host.name, () => deviceFeatureProbe(this.host.calls(), this.host.deviceFd(), 'DMA_LOGGING_START', 'set'));
     return this.cachedSupport;
   }
 

@@ -4,7 +4,7 @@
 // arc opens: a data fd that this object owns until the session ends (the device leaves the saving
 // states, or RESUMING), the device is closed, or a new session replaces it. The Node streams over a
 // session are in migration-streams.ts.
-import { KernelError, kernelRefused, MigrationRefusedError, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { KernelError, MigrationRefusedError, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 import { deviceFeatureGetMigration, deviceFeatureProbe, deviceReset } from '../ioctl/device.js';
 import { migDataSize, migGetState, migPrecopyInfo, migSetState } from '../ioctl/migration.js';
 import type { Logger } from '../log.js';
@@ -247,11 +247,7 @@ export class DeviceMigration {
   }
 
   private step<T>(fn: () => T): T {
-    try {
-      return fn();
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, this.host.name) : e;
-    }
+    return onKernel(this.host.name, fn);
   }
 }
 

@@ -4,11 +4,10 @@
 // attaches the device to it: the mappings stay the IOAS's. Dirty tracking needs an IOMMU that reports
 // IOMMU_HW_CAP_DIRTY_TRACKING (VT-d with second-level A/D bits, AMD v1 with HD, SMMUv3 with HTTU);
 // the test bed's emulated VT-d and virtio-iommu have none, so there the kernel refuses.
-import { DirtyBitmap, bitmapBytes } from '../dma/dirty.js';
-import { DirtyTrackingError, kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
+import { DirtyTrackingError, kernelRefused, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 import { getHwInfo, hwptGetDirtyBitmap, hwptSetDirtyTracking } from '../ioctl/hwpt.js';
 import { destroy } from '../ioctl/iommufd.js';
-import { withScratch } from '../ioctl/scratch.js';
 import type { StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 import { IOMMU_HW_CAP, IOMMU_HW_INFO_TYPE } from '../uapi/iommufd.js';
@@ -88,8 +87,7 @@ export class HwPagetable implements Disposable {
     this.check();
     const pageSize = BigInt(options.pageSize ?? 4096);
     if (range.length <= 0n || pageSize <= 0n) throw new UsageError(`a dirty bitmap needs a positive length and page size (got ${range.length}, ${pageSize})`);
-    const bytes = bitmapBytes(Number((range.length + pageSize - 1n) / pageSize));
-    const bits = withScratch(this.host.steps(), this.host.kernel, 'allocate the dirty bitmap', bytes, (memory, address) => {
+    return readDirtyBitmap(this.host.steps(), this.host.kernel, range, pageSize, (address) => {
       try {
         hwptGetDirtyBitmap(this.host.steps(), this.host.fd, this.id, { ...range, pageSize, clear: options.clear ?? true }, address);
       } catch (e) {
@@ -100,9 +98,7 @@ export class HwPagetable implements Disposable {
         if (reason) throw new DirtyTrackingError(`iommufd refused the dirty bitmap of [${hex(range.iova)}, +${hex(range.length)}) at ${pageSize}-byte pages (${e.errno})`, reason, e.details());
         throw kernelRefused(e, `HWPT ${this.id}`);
       }
-      return Buffer.from(memory.subarray(0, bytes));
     });
-    return new DirtyBitmap(range.iova, range.length, pageSize, bits);
   }
 
   /** Frees the HWPT (IOMMU_DESTROY); every device must have left it (attach them back to the IOAS). */
@@ -110,11 +106,7 @@ export class HwPagetable implements Disposable {
     if (this.isDestroyed) return;
     if (this.attached.size > 0) throw new UsageError(`HWPT ${this.id} still has ${[...this.attached].join(', ')} attached: attach ${this.attached.size > 1 ? 'them' : 'it'} to the IOAS (or close ${this.attached.size > 1 ? 'them' : 'it'}) first`);
     this.host.assertOpen();
-    try {
-      destroy(this.host.steps(), this.host.fd, this.id);
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, `HWPT ${this.id}`) : e;
-    }
+    onKernel(`HWPT ${this.id}`, () => destroy(this.host.steps(), this.host.fd, this.id));
     this.lost();
   }
 

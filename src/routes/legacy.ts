@@ -22,7 +22,7 @@ import { VFIO_API_VERSION, VFIO_NOIOMMU_IOMMU, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IO
 import { IommuContext, type BeforeBindHook, type Binding, type PassedFd, type RouteDescriptor } from './route.js';
 import { Type1DirtyTracker } from './type1-dirty.js';
 import { type1DirtyPages } from '../ioctl/dirty-pages.js';
-import { kernelRefused, StepError, UnsupportedError, UsageError } from '../errors.js';
+import { kernelRefused, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 
 export type LegacyIommuType = 'type1v2' | 'type1' | 'noiommu';
 const IOMMU_TYPE_NUMBER: Record<LegacyIommuType, number> = {
@@ -193,7 +193,7 @@ export class ContainerContext extends IommuContext {
     const why = this.dmaUnavailable();
     if (why) throw new UnsupportedError(`this legacy context cannot track dirty pages: ${why}`);
     const calls = this.steps();
-    const info = this.kernelStep(() => iommuGetInfo(calls, this.fd)).dirtyTracking;
+    const info = onKernel('the container', () => iommuGetInfo(calls, this.fd)).dirtyTracking;
     if (!info) throw new UnsupportedError('this kernel\'s type1 IOMMU has no dirty page tracking (no VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION; 5.8+ has it)');
     try {
       type1DirtyPages(calls, this.fd, 'START');
@@ -221,14 +221,6 @@ export class ContainerContext extends IommuContext {
   private dropTracker(): void {
     this.tracker?.lost();
     this.tracker = null;
-  }
-
-  private kernelStep<T>(fn: () => T): T {
-    try {
-      return fn();
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, 'the container') : e;
-    }
   }
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {

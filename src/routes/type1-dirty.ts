@@ -3,11 +3,10 @@
 // mappings) or as a mapping is unmapped. What it can know: pages a VFIO driver pinned or wrote through
 // vfio_dma_rw (an mdev's DMA); a device behind a real IOMMU pins nothing, so while one is in the
 // container every mapped page reads dirty, on every report (vfio_iommu_type1.c, update_user_bitmap).
-import { DirtyBitmap, bitmapBytes } from '../dma/dirty.js';
+import { bitmapBytes, readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
 import type { DmaMapping } from '../dma/mappings.js';
-import { DirtyTrackingError, kernelRefused, StepError, UsageError } from '../errors.js';
+import { DirtyTrackingError, kernelRefused, onKernel, StepError, UsageError } from '../errors.js';
 import { type1DirtyPages, type1GetDirtyBitmap, type1UnmapWithBitmap, type BitmapTarget } from '../ioctl/dirty-pages.js';
-import { withScratch } from '../ioctl/scratch.js';
 import type { StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 
@@ -74,11 +73,7 @@ export class Type1DirtyTracker implements Disposable {
     if (this.isStopped) return;
     this.isStopped = true;
     this.onStop(this);
-    try {
-      type1DirtyPages(this.host.steps(), this.host.fd, 'STOP');
-    } catch (e) {
-      throw e instanceof StepError ? kernelRefused(e, 'the container') : e;
-    }
+    onKernel('the container', () => type1DirtyPages(this.host.steps(), this.host.fd, 'STOP'));
   }
 
   /** @internal the kernel dropped the tracking with the container's IOMMU (its last group left, or it closed) */
@@ -94,9 +89,9 @@ export class Type1DirtyTracker implements Disposable {
     this.host.assertOpen();
     if (this.isStopped) throw new DirtyTrackingError('dirty page tracking was stopped on this container', 'not-started');
     if (size <= 0n) throw new UsageError(`a dirty bitmap needs a positive length (got ${size})`);
-    const bytes = bitmapBytes(Number((size + this.pageSize - 1n) / this.pageSize));
-    if (BigInt(bytes) > this.maxBitmapBytes) throw new UsageError(`a bitmap of ${hex(size)} bytes needs ${bytes} bytes, over the kernel's ${this.maxBitmapBytes}: ask for less at a time`);
-    const bits = withScratch(this.host.steps(), this.host.kernel, 'allocate the dirty bitmap', bytes, (memory, address) => {
+    const need = bitmapBytes(size, this.pageSize);
+    if (BigInt(need) > this.maxBitmapBytes) throw new UsageError(`a bitmap of ${hex(size)} bytes needs ${need} bytes, over the kernel's ${this.maxBitmapBytes}: ask for less at a time`);
+    return readDirtyBitmap(this.host.steps(), this.host.kernel, { iova, length: size }, this.pageSize, (address, bytes) => {
       try {
         fn({ pageSize: this.pageSize, address, bytes });
       } catch (e) {
@@ -104,9 +99,7 @@ export class Type1DirtyTracker implements Disposable {
         const why = this.explainRange(iova, size);
         throw new DirtyTrackingError(`type1 refused the dirty bitmap of [${hex(iova)}, +${hex(size)}) (${step}, EINVAL): ${why.text}`, why.reason, e.details());
       }
-      return Buffer.from(memory.subarray(0, bytes)); // a copy: the scratch pages are unmapped next
     });
-    return new DirtyBitmap(iova, size, this.pageSize, bits);
   }
 
   /** Why type1 answered EINVAL, read from the request (its checks share the errno). */
