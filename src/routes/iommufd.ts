@@ -12,14 +12,6 @@ import { StepError, UnsupportedError, UsageError } from '../errors.js';
 import { hwptAlloc } from '../ioctl/hwpt.js';
 import { IOMMU_HWPT_ALLOC_FLAG } from '../uapi/iommufd.js';
 
-const quietlyOr = <T>(fn: () => T, fallback: T): T => {
-  try {
-    return fn();
-  } catch {
-    return fallback;
-  }
-};
-
 export class IommufdContext extends IommuContext {
   readonly route = 'iommufd' as const;
   readonly node = IOMMUFD_ROUTE.node;
@@ -64,21 +56,19 @@ export class IommufdContext extends IommuContext {
   allocHwpt(device: HwptDevice, options: { dirtyTracking?: boolean } = {}): HwPagetable {
     const calls = this.steps();
     const flags = options.dirtyTracking ? IOMMU_HWPT_ALLOC_FLAG.DIRTY_TRACKING : 0;
-    if (options.dirtyTracking) {
-      // asked only where the hardware says it can, as QEMU's iommufd backend does
-      const caps = this.hwInfo(device).capabilities;
-      if (!caps.includes('DIRTY_TRACKING')) {
-        throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${caps.join(', ') || 'none'})`,
-          { step: 'IOMMU_GET_HW_INFO', route: 'iommufd', hint: 'track dirty pages in the device (dmaLogging) if it can, or treat all mapped memory as dirty' });
-      }
+    // asked only where the hardware says it can, as QEMU's iommufd backend does
+    const caps = options.dirtyTracking ? this.hwInfo(device).capabilities : null;
+    const capsText = caps?.join(', ') || 'none';
+    if (caps && !caps.includes('DIRTY_TRACKING')) {
+      throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${capsText})`,
+        { step: 'IOMMU_GET_HW_INFO', route: 'iommufd', hint: 'track dirty pages in the device (dmaLogging) if it can, or treat all mapped memory as dirty' });
     }
     let id: number;
     try {
       id = hwptAlloc(calls, this.fd, devidOf(device), this.ioas(calls), flags);
     } catch (e) {
-      if (e instanceof StepError && e.errno === 'EOPNOTSUPP' && options.dirtyTracking) {
-        const caps = quietlyOr(() => this.hwInfo(device).capabilities.join(', ') || 'none', 'unknown');
-        throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${caps}): IOMMU_HWPT_ALLOC with DIRTY_TRACKING answers EOPNOTSUPP`, e.details());
+      if (e instanceof StepError && e.errno === 'EOPNOTSUPP' && caps) {
+        throw new UnsupportedError(`the IOMMU behind ${device.name} has no dirty tracking (IOMMU_GET_HW_INFO capabilities: ${capsText}): IOMMU_HWPT_ALLOC with DIRTY_TRACKING answers EOPNOTSUPP`, e.details());
       }
       if (e instanceof StepError && e.errno === 'EADDRINUSE') {
         // iopt_table_add_domain: the new domain's geometry does not cover the IOAS's mappings. A driver
@@ -88,7 +78,7 @@ export class IommufdContext extends IommuContext {
       }
       throw explainDeviceStep(e, device);
     }
-    const hwpt = new HwPagetable({ kernel: this.kernel, fd: this.fd, steps: () => this.steps(), assertOpen: () => void this.dma, forget: (h) => this.hwpts.delete(h) }, id, !!options.dirtyTracking);
+    const hwpt = new HwPagetable({ kernel: this.kernel, fd: this.fd, steps: () => this.steps(), assertOpen: () => this.assertOpen(), forget: (h) => this.hwpts.delete(h) }, id, !!options.dirtyTracking);
     this.hwpts.add(hwpt);
     return hwpt;
   }

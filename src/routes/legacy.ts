@@ -204,7 +204,7 @@ export class ContainerContext extends IommuContext {
     const host = {
       kernel: this.kernel, fd: this.fd, steps: () => this.steps(), mappings: () => this.mappings(),
       unmapWith: (m: DmaMapping, raw: (iova: bigint, size: bigint) => void) => this.dma.unmap(m, raw),
-      assertOpen: () => void this.dma,
+      assertOpen: () => this.assertOpen(),
     };
     const tracker = new Type1DirtyTracker(host, info.pageSizes & -info.pageSizes, info.maxBitmapBytes, (t) => {
       if (this.tracker === t) this.tracker = null;

@@ -113,8 +113,13 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   abstract mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void;
   abstract unmapRaw(iova: bigint, size: bigint): void;
 
-  protected get dma(): DmaMappings {
+  /** Throws the ClosedError (or why it was closed) once the context is closed. */
+  protected assertOpen(): void {
     if (this.isClosed) throw this.closedBy?.() ?? new ClosedError(`this ${this.route} context is closed`);
+  }
+
+  protected get dma(): DmaMappings {
+    this.assertOpen();
     return (this.dmaState ??= new DmaMappings(this, this.kernel));
   }
 
