@@ -73,9 +73,19 @@ export function readDevnum(kernel: Kernel, path: string): { major: number; minor
   }
 }
 
-function tryReadlinkTail(kernel: Kernel, path: string): string | null {
+/** The last component of a symlink's target, or null where there is no link. */
+export function tryReadlinkTail(kernel: Kernel, path: string): string | null {
   try {
     return tail(kernel.readlink(path));
+  } catch {
+    return null;
+  }
+}
+
+/** A file's text, or null where it cannot be read. */
+export function readOrNull(kernel: Kernel, path: string): string | null {
+  try {
+    return kernel.readText(path);
   } catch {
     return null;
   }

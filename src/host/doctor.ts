@@ -4,7 +4,7 @@
 // code is the first failing check's.
 import { createRequire } from 'node:module';
 import { ExitCode, VfioError, type ExitCodeValue } from '../errors.js';
-import { locateDevice, type DeviceLocation } from '../discovery/locate.js';
+import { locateDevice, readOrNull as read, type DeviceLocation } from '../discovery/locate.js';
 import { ROUTES } from '../routes/index.js';
 import type { RouteName } from '../routes/names.js';
 import { unsafeInterruptsParam } from '../routes/route.js';
@@ -45,13 +45,6 @@ export interface DoctorReport {
 /** the order doctor names the routes in, where it names both */
 const ROUTE_ORDER: readonly RouteName[] = ['legacy', 'iommufd'];
 
-function read(kernel: Kernel, path: string): string | null {
-  try {
-    return kernel.readText(path);
-  } catch {
-    return null;
-  }
-}
 
 function list(kernel: Kernel, path: string): string[] {
   try {

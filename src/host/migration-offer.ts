@@ -3,7 +3,7 @@
 // migration ops (drivers/vfio/debugfs.c); the device's IOMMU unit says whether it has dirty bits
 // (VT-d: second-level A/D, ecap SLADS, used in scalable mode, SMTS; virtio-iommu: none); the legacy
 // route's type1 reports every mapped page dirty unless the device's driver pins pages.
-import type { DeviceLocation } from '../discovery/locate.js';
+import { readOrNull, tryReadlinkTail, type DeviceLocation } from '../discovery/locate.js';
 import type { RouteName } from '../routes/names.js';
 import type { Kernel } from '../sys/kernel.js';
 
@@ -17,14 +17,6 @@ export interface MigrationOffer {
 
 const ECAP_SMTS = 1n << 43n;
 const ECAP_SLADS = 1n << 45n;
-
-function readOr(kernel: Kernel, path: string): string | null {
-  try {
-    return kernel.readText(path).trim();
-  } catch {
-    return null;
-  }
-}
 
 export function migrationOffer(kernel: Kernel, loc: DeviceLocation, route: RouteName | null): MigrationOffer {
   const lines: string[] = [];
@@ -43,18 +35,14 @@ export function migrationOffer(kernel: Kernel, loc: DeviceLocation, route: Route
   if (loc.bus === 'mdev') {
     lines.push('an mdev has no IOMMU of its own: dirty pages come from its driver (device DMA logging, or type1 page pinning)');
   } else {
-    let unit: string | null = null;
-    try {
-      unit = kernel.readlink(`${loc.sysfsPath}/iommu`).split('/').pop() ?? null;
-    } catch {
-      lines.push(`${loc.sysfsPath}/iommu is absent: no IOMMU translates this device`);
-    }
-    const ecap = unit ? readOr(kernel, `/sys/class/iommu/${unit}/intel-iommu/ecap`) : null;
+    const unit = tryReadlinkTail(kernel, `${loc.sysfsPath}/iommu`);
+    if (!unit) lines.push(`${loc.sysfsPath}/iommu is absent: no IOMMU translates this device`);
+    const ecap = unit ? readOrNull(kernel, `/sys/class/iommu/${unit}/intel-iommu/ecap`) : null;
     if (unit && ecap !== null && /^[0-9a-f]+$/i.test(ecap)) {
       const e = BigInt(`0x${ecap}`);
       iommuDirty = (e & ECAP_SLADS) !== 0n && (e & ECAP_SMTS) !== 0n;
       lines.push(`VT-d ${unit}: ecap 0x${ecap}: ${iommuDirty ? 'second-level A/D bits in scalable mode: IOMMU dirty tracking on the iommufd route (a DIRTY_TRACKING HWPT)' : `no ${(e & ECAP_SLADS) === 0n ? 'second-level A/D bits (SLADS)' : 'scalable mode (SMTS)'}: no IOMMU dirty tracking`}`);
-    } else if (unit && /virtio/.test(readOr(kernel, `/sys/class/iommu/${unit}/device/modalias`) ?? unit)) {
+    } else if (unit && /virtio/.test(readOrNull(kernel, `/sys/class/iommu/${unit}/device/modalias`) ?? unit)) {
       iommuDirty = false;
       lines.push(`${unit} is a virtio-iommu: no IOMMU dirty tracking`);
     } else if (unit) {
