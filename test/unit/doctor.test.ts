@@ -272,3 +272,27 @@ describe('doctor: the JSON document', () => {
     });
   }
 });
+
+describe('doctor: what a device offers a migration (host/migration-offer.ts)', () => {
+  const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
+  test('edu behind VT-d: no VFIO migration (debugfs), the ecap bits say no dirty tracking, or yes where SLADS and SMTS are set', () => {
+    for (const [options, dirty] of [[{}, ', no IOMMU dirty tracking'], [{ iommuDirtyTracking: true }, ', IOMMU dirty tracking']] as const) {
+      const r = run(FakeKernel.host(options), EDU);
+      const c = check(r, 'migration');
+      assert.equal(c.status, 'info');
+      assert.equal(c.summary, `${EDU}: no VFIO migration${dirty}`);
+      assert.match(c.evidence.join('\n'), /\/sys\/kernel\/debug\/vfio\/0000:00:10\.0 has no migration directory/);
+      assert.match(c.evidence.join('\n'), /^VT-d dmar0: ecap 0x[0-9a-f]+: /m);
+    }
+  });
+
+  test('virtio-iommu: no dirty tracking; the legacy route adds type1\'s all-dirty line; an mdev with migration', () => {
+    const virtio = check(run(FakeKernel.host({ iommu: 'virtio', allowUnsafeInterrupts: true }), EDU), 'migration');
+    assert.ok(virtio.evidence.includes('0000:00:01.0 is a virtio-iommu: no IOMMU dirty tracking'), virtio.evidence.join('; '));
+    const stock = check(run(FakeKernel.host({ kernel: 'stock' }), EDU), 'migration');
+    assert.ok(stock.evidence.some((l) => /type1 reports every mapped page dirty/.test(l)));
+    const mdev = check(run(FakeKernel.host({ iommu: 'none', devices: [], mdevs: [{ uuid: MTTY }] }), MTTY), 'migration');
+    assert.equal(mdev.summary, `${MTTY}: VFIO migration`);
+    assert.match(mdev.evidence.join('\n'), /an mdev has no IOMMU of its own/);
+  });
+});
