@@ -1,8 +1,9 @@
-// The fake-kernel fixtures the DMA unit tests share (dma, dma-contexts).
+// The fake-kernel fixtures the DMA unit tests share (dma, dma-contexts, edu-dma, hwpt).
 import assert from 'node:assert/strict';
+import type { RegionMapping } from '../src/index.js';
 import { IOMMU } from '../src/uapi/iommufd.js';
 import { VFIO } from '../src/uapi/vfio.js';
-import { FakeKernel } from './fake-kernel.js';
+import { EDU_DMA, EDU_REG, FakeKernel } from './fake-kernel.js';
 import { assertNoLeaks } from './helpers.js';
 
 export const K = 4096;
@@ -25,3 +26,15 @@ export function mapCalls(k: FakeKernel): number {
   return k.ioctlNames().filter((n) => n === 'IOMMU_IOAS_MAP' || n === 'VFIO_IOMMU_MAP_DMA').length;
 }
 
+
+/** Starts one edu DMA and waits until edu's command register says it is done (as the example does). */
+export async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count: number, cmd: bigint): Promise<void> {
+  bar.write64(EDU_REG.DMA_SRC, src);
+  bar.write64(EDU_REG.DMA_DST, dst);
+  bar.write64(EDU_REG.DMA_COUNT, BigInt(count));
+  bar.write64(EDU_REG.DMA_CMD, cmd | EDU_DMA.START);
+  for (let waited = 0; (bar.read64(EDU_REG.DMA_CMD) & EDU_DMA.START) !== 0n; waited++) {
+    if (waited > 1000) throw new Error('edu did not finish the DMA');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}

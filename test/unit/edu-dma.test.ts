@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { allocDmaBuffer, createContext, openDevice, PCI_COMMAND, type DmaBuffer, type RegionMapping, type VfioDevice } from '../../src/index.js';
 import { EDU, EDU_DMA, EDU_REG, FakeKernel, TESTDEV, type HostOptions } from '../fake-kernel.js';
 import { assertNoLeaks, prng } from '../helpers.js';
+import { eduDma as dma } from '../dma.js';
 
 const ROUTES = [
   { name: 'iommufd', host: (o: HostOptions = {}) => FakeKernel.host(o) },
@@ -19,17 +20,6 @@ function pattern(seed: number, n = TRANSFER): Buffer {
   return Buffer.from(Array.from({ length: n }, () => Math.floor(rand() * 256)));
 }
 
-/** Starts one edu DMA and waits until edu's command register says it is done (as the example does). */
-async function dma(bar: RegionMapping, src: bigint, dst: bigint, count: number, cmd: bigint): Promise<void> {
-  bar.write64(EDU_REG.DMA_SRC, src);
-  bar.write64(EDU_REG.DMA_DST, dst);
-  bar.write64(EDU_REG.DMA_COUNT, BigInt(count));
-  bar.write64(EDU_REG.DMA_CMD, cmd | EDU_DMA.START);
-  for (let waited = 0; (bar.read64(EDU_REG.DMA_CMD) & EDU_DMA.START) !== 0n; waited++) {
-    if (waited > 1000) throw new Error('edu did not finish the DMA');
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
 
 interface Rig {
   k: FakeKernel;

@@ -5,24 +5,17 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { allocDmaBuffer, DirtyTrackingError, HwPagetable, IommufdContext, openDevice, PCI_COMMAND, UnsupportedError, UsageError, type RegionMapping } from '../../src/index.js';
-import { EDU, EDU_DMA, EDU_REG, FakeKernel } from '../fake-kernel.js';
+import { EDU, EDU_DMA, FakeKernel } from '../fake-kernel.js';
 import { FAKE_VTD } from '../fake/hwpt.js';
 import { IOMMU } from '../../src/uapi/iommufd.js';
 import { catchError } from '../helpers.js';
 import { assertClean } from '../devices.js';
+import { eduDma } from '../dma.js';
 
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001';
 
-async function eduWrite(bar: RegionMapping, dst: bigint, count: number): Promise<void> {
-  bar.write64(EDU_REG.DMA_SRC, EDU_DMA.BUFFER);
-  bar.write64(EDU_REG.DMA_DST, dst);
-  bar.write64(EDU_REG.DMA_COUNT, BigInt(count));
-  bar.write64(EDU_REG.DMA_CMD, EDU_DMA.TO_RAM | EDU_DMA.START);
-  for (let i = 0; (bar.read64(EDU_REG.DMA_CMD) & EDU_DMA.START) !== 0n; i++) {
-    if (i > 1000) throw new Error('edu did not finish the DMA');
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-}
+/** edu writes `count` bytes of its buffer to RAM at `dst` */
+const eduWrite = (bar: RegionMapping, dst: bigint, count: number): Promise<void> => eduDma(bar, EDU_DMA.BUFFER, dst, count, EDU_DMA.TO_RAM);
 
 describe('iommufd HW page tables', () => {
   test('hardware info: VT-d with its registers, virtio-iommu as NONE, the dirty tracking capability', () => {

@@ -17,11 +17,10 @@ import {
   PCI_COMMAND,
   UnsupportedError,
   UsageError,
-  type RegionMapping,
   type RouteName,
   type VfioDevice,
 } from '../../src/index.js';
-import { CASE, EDU, ROOT } from './helpers.js';
+import { CASE, EDU, EDU_BUFFER, eduDma, ROOT } from './helpers.js';
 
 const EDU2 = '0000:00:12.0';
 const DMA_CASES = ['stock-6.1-intel', 'stock-6.12-intel', 'iommufd-6.12-intel'];
@@ -47,16 +46,6 @@ function resources(): { fds: number; maps: number } {
 const EDU_RAISE = 0x60;
 const EDU_ACK = 0x64;
 const EDU_STATUS = 0x24;
-async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count: number, toRam: boolean): Promise<void> {
-  bar.write64(0x80, src);
-  bar.write64(0x88, dst);
-  bar.write64(0x90, BigInt(count));
-  bar.write64(0x98, 1n | (toRam ? 2n : 0n));
-  for (let i = 0; (bar.read64(0x98) & 1n) !== 0n; i++) {
-    if (i > 1000) throw new Error('edu DMA did not finish');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 test('edu-dma example passes', { skip: !dmaCase && 'DMA cases only' }, () => {
   const r = spawnSync(process.execPath, [`${ROOT}/dist/examples/edu-dma.js`], { encoding: 'utf8' });
@@ -93,8 +82,8 @@ test('two edu devices in one context: one map serves both, closing one keeps the
     const roundTrip = async (dev: VfioDevice, from: number, to: number): Promise<void> => {
       dev.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
       const bar = dev.mapRegion('BAR0');
-      await eduDma(bar, m.iova + BigInt(from), 0x40000n, 512, false);
-      await eduDma(bar, 0x40000n, m.iova + BigInt(to), 512, true);
+      await eduDma(bar, m.iova + BigInt(from), EDU_BUFFER, 512, false);
+      await eduDma(bar, EDU_BUFFER, m.iova + BigInt(to), 512, true);
       bar.close();
     };
     await roundTrip(a, 0, half);

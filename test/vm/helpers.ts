@@ -2,6 +2,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { RegionMapping } from '../../src/index.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '../../..');
 export const CLI = path.join(ROOT, 'bin/vfio-bind.js');
@@ -328,4 +329,19 @@ export async function until(what: string, check: () => boolean, timeoutMs = 30_0
     await new Promise((r) => setTimeout(r, 50));
   }
   return Date.now() - t0;
+}
+
+/** edu's DMA buffer inside the device (QEMU hw/misc/edu.c), the other end of every edu DMA */
+export const EDU_BUFFER = 0x40000n;
+
+/** One edu DMA (RAM -> edu, or edu -> RAM with toRam), waited for on edu's command register (up to 10 s). */
+export async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count: number, toRam: boolean): Promise<void> {
+  bar.write64(0x80, src);
+  bar.write64(0x88, dst);
+  bar.write64(0x90, BigInt(count));
+  bar.write64(0x98, 1n | (toRam ? 2n : 0n));
+  for (let i = 0; (bar.read64(0x98) & 1n) !== 0n; i++) {
+    if (i > 1000) throw new Error('edu DMA did not finish');
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }

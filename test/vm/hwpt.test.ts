@@ -6,26 +6,12 @@ import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import { allocDmaBuffer, IommufdContext, openDevice, PCI_COMMAND, UnsupportedError, type RegionMapping } from '../../src/index.js';
-import { CASE, EDU } from './helpers.js';
+import { allocDmaBuffer, IommufdContext, openDevice, PCI_COMMAND, UnsupportedError } from '../../src/index.js';
+import { CASE, EDU, EDU_BUFFER, eduDma } from './helpers.js';
 
 const CASES = ['iommufd-6.12-intel', 'iommufd-6.12-virtio'];
 const skip = !CASES.includes(CASE) && CASES.join(' and ');
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1005';
-const EDU_BUFFER = 0x40000n;
-const [DMA_SRC, DMA_DST, DMA_COUNT, DMA_CMD] = [0x80, 0x88, 0x90, 0x98];
-const [START, TO_RAM] = [1n, 2n];
-
-async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count: number, cmd: bigint): Promise<void> {
-  bar.write64(DMA_SRC, src);
-  bar.write64(DMA_DST, dst);
-  bar.write64(DMA_COUNT, BigInt(count));
-  bar.write64(DMA_CMD, cmd | START);
-  for (let waited = 0; (bar.read64(DMA_CMD) & START) !== 0n; waited += 10) {
-    if (waited > 10_000) throw new Error('edu did not finish the DMA within 10 s');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const sysfsHex = (p: string): bigint => BigInt(`0x${fs.readFileSync(p, 'utf8').trim()}`);
 
@@ -60,12 +46,12 @@ test(`edu through a HWPT of its own: the IOMMU's hardware info; on VT-d, DMA bot
     ctx.attach(dev, hwpt);
     dev.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
     using bar = dev.mapRegion('BAR0');
-    await eduDma(bar, src.iova, EDU_BUFFER, pattern.length, 0n);
-    await eduDma(bar, EDU_BUFFER, dst.iova, pattern.length, TO_RAM);
+    await eduDma(bar, src.iova, EDU_BUFFER, pattern.length, false);
+    await eduDma(bar, EDU_BUFFER, dst.iova, pattern.length, true);
     assert.ok(target.bytes.subarray(0, pattern.length).equals(pattern), 'the bytes came back through the HWPT');
     ctx.attach(dev, 'ioas');
     target.bytes.fill(0);
-    await eduDma(bar, EDU_BUFFER, dst.iova, pattern.length, TO_RAM);
+    await eduDma(bar, EDU_BUFFER, dst.iova, pattern.length, true);
     assert.ok(target.bytes.subarray(0, pattern.length).equals(pattern), 'and through the automatic HWPT again');
     dev.setCommand(0, PCI_COMMAND.MASTER);
   } finally {

@@ -5,7 +5,7 @@ import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { allocDmaBuffer, ContainerContext, createContext, DirtyTrackingError, openDevice, PCI_COMMAND, type DmaBuffer } from '../../src/index.js';
-import { CASE, EDU } from './helpers.js';
+import { CASE, EDU, EDU_BUFFER, eduDma } from './helpers.js';
 
 const MTTY = '83b8f4f2-509f-382f-3c1e-e6bfe0fa1005'; // an mtty-2 (migration.test.ts creates it too)
 
@@ -23,14 +23,7 @@ test('type1 dirty pages with edu: after edu\'s DMA, every mapped page dirty on e
     // edu writes 64 bytes into the second page of a: the IOMMU records nothing type1 could read
     dev.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
     using bar = dev.mapRegion('BAR0');
-    bar.write64(0x80, 0x40000n); // source: edu's own buffer
-    bar.write64(0x88, a!.iova + 0x1000n);
-    bar.write64(0x90, 64n);
-    bar.write64(0x98, 0x3n); // START | to RAM
-    for (let waited = 0; (bar.read64(0x98) & 1n) !== 0n; waited += 10) {
-      assert.ok(waited < 10_000, 'edu finished its DMA');
-      await new Promise((r) => setTimeout(r, 10));
-    }
+    await eduDma(bar, EDU_BUFFER, a!.iova + 0x1000n, 64, true);
     dev.setCommand(0, PCI_COMMAND.MASTER);
     for (let round = 0; round < 2; round++) {
       assert.deepEqual(tracker.reportAll().map((x) => [x.pages, x.dirtyCount]), [[4, 4], [2, 2]], `round ${round}`);
