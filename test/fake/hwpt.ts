@@ -16,6 +16,7 @@ import {
   iommu_hwpt_set_dirty_tracking,
 } from '../../src/uapi/iommufd.js';
 import { ioctlError } from './errno.js';
+import { iommufdCmd as cmd } from './iommufd.js';
 import { userMemory } from './memory.js';
 import { U64_MAX, type DeviceState, type FakeState, type HwptObject, type IommufdCtx } from './state.js';
 
@@ -23,14 +24,6 @@ type Arg = number | Buffer | undefined;
 
 /** what QEMU 7.2's emulated VT-d reports: the test bed's iommufd-6.12-intel guest read them from /sys/class/iommu/dmar0/intel-iommu/{cap,ecap} */
 export const FAKE_VTD = { cap: 0xd2008c22260206n, ecap: 0xf00f4an } as const;
-
-function cmd(arg: Arg, minsz: number): Buffer {
-  if (!Buffer.isBuffer(arg) || arg.length < 4) throw ioctlError('EFAULT');
-  const size = arg.readUInt32LE(0);
-  if (size < minsz) throw ioctlError('EINVAL');
-  if (arg.length < size) throw ioctlError('EFAULT');
-  return arg;
-}
 
 /** iommufd_get_device: an id that is a bound (physical) device; an mdev is an access, not a device */
 function physicalDevice(ctx: IommufdCtx, id: number): DeviceState {

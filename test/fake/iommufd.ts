@@ -38,7 +38,7 @@ export function maybeFreeCtx(s: FakeState, ctx: IommufdCtx): void {
 }
 
 /** iommufd's ucmd: the first u32 is the size; smaller than the command's minimum -> EINVAL */
-function iommufdCmd(arg: Arg, minsz: number): Buffer {
+export function iommufdCmd(arg: Arg, minsz: number): Buffer {
   if (!Buffer.isBuffer(arg) || arg.length < 4) throw ioctlError('EFAULT');
   const size = arg.readUInt32LE(0);
   if (size < minsz) throw ioctlError('EINVAL');
