@@ -84,7 +84,8 @@ export class DmaLog implements Disposable {
     this.host.assertOpen();
     if (this.isStopped) throw new DirtyTrackingError(`${this.host.name}: no DMA log to report: ${REASON_TEXT['not-started']}`, 'not-started');
     if (pageSize <= 0n || range.length <= 0n) throw new UsageError(`a report needs a positive page size and length (page size ${pageSize}, length ${range.length})`);
-    return readDirtyBitmap(this.host.calls(), this.host.kernel, range, pageSize, (address) => {
+    // onKernel: the bitmap's own allocation may fail too (ENOMEM), as a KernelError
+    return onKernel(this.host.name, () => readDirtyBitmap(this.host.calls(), this.host.kernel, range, pageSize, (address) => {
       try {
         dmaLoggingReport(this.host.calls(), this.host.deviceFd(), range, pageSize, address);
       } catch (e) {
@@ -93,7 +94,7 @@ export class DmaLog implements Disposable {
         if (reason) throw new DirtyTrackingError(`${this.host.name} refused the DMA log report of ${hexRange(range)}: ${REASON_TEXT[reason]} (${e.errno})`, reason, e.details());
         throw kernelRefused(e, this.host.name);
       }
-    });
+    }));
   }
 
   /** Stops the device's logging (idempotent). A refusal still leaves this log stopped. */

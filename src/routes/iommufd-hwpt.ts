@@ -87,7 +87,8 @@ export class HwPagetable implements Disposable {
     this.check();
     const pageSize = BigInt(options.pageSize ?? 4096);
     if (range.length <= 0n || pageSize <= 0n) throw new UsageError(`a dirty bitmap needs a positive length and page size (got ${range.length}, ${pageSize})`);
-    return readDirtyBitmap(this.host.steps(), this.host.kernel, range, pageSize, (address) => {
+    // onKernel: the bitmap's own allocation may fail too (ENOMEM), as a KernelError
+    return onKernel(`HWPT ${this.id}`, () => readDirtyBitmap(this.host.steps(), this.host.kernel, range, pageSize, (address) => {
       try {
         hwptGetDirtyBitmap(this.host.steps(), this.host.fd, this.id, { ...range, pageSize, clear: options.clear ?? true }, address);
       } catch (e) {
@@ -98,7 +99,7 @@ export class HwPagetable implements Disposable {
         if (reason) throw new DirtyTrackingError(`iommufd refused the dirty bitmap of [${hex(range.iova)}, +${hex(range.length)}) at ${pageSize}-byte pages (${e.errno})`, reason, e.details());
         throw kernelRefused(e, `HWPT ${this.id}`);
       }
-    });
+    }));
   }
 
   /** Frees the HWPT (IOMMU_DESTROY); every device must have left it (attach them back to the IOAS). */

@@ -91,7 +91,8 @@ export class Type1DirtyTracker implements Disposable {
     if (size <= 0n) throw new UsageError(`a dirty bitmap needs a positive length (got ${size})`);
     const need = bitmapBytes(size, this.pageSize);
     if (BigInt(need) > this.maxBitmapBytes) throw new UsageError(`a bitmap of ${hex(size)} bytes needs ${need} bytes, over the kernel's ${this.maxBitmapBytes}: ask for less at a time`);
-    return readDirtyBitmap(this.host.steps(), this.host.kernel, { iova, length: size }, this.pageSize, (address, bytes) => {
+    // onKernel: the bitmap's own allocation may fail too (ENOMEM), as a KernelError
+    return onKernel('the container', () => readDirtyBitmap(this.host.steps(), this.host.kernel, { iova, length: size }, this.pageSize, (address, bytes) => {
       try {
         fn({ pageSize: this.pageSize, address, bytes });
       } catch (e) {
@@ -99,7 +100,7 @@ export class Type1DirtyTracker implements Disposable {
         const why = this.explainRange(iova, size);
         throw new DirtyTrackingError(`type1 refused the dirty bitmap of [${hex(iova)}, +${hex(size)}) (${step}, EINVAL): ${why.text}`, why.reason, e.details());
       }
-    });
+    }));
   }
 
   /** Why type1 answered EINVAL, read from the request (its checks share the errno). */

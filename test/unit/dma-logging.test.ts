@@ -138,6 +138,16 @@ for (const r of DEVICE_ROUTES) {
       assertClean(k);
     });
 
+    test('the bitmap\'s memory cannot be had (ENOMEM): a KernelError naming the allocation, and the log still runs', () => {
+      const k = host();
+      using dev = openDevice(MTTY, { kernel: k });
+      using log = dev.dmaLogging.start([{ iova: 0n, length: MiB }]);
+      k.failNext({ call: 'allocDma', errno: 'ENOMEM' });
+      const e = catchError(() => log.report(), KernelError);
+      assert.deepEqual([e.errno, e.step], ['ENOMEM', 'allocate the dirty bitmap']);
+      assert.equal(log.report().pages, 256);
+    });
+
     test('a refusal other than the input checks stays a KernelError naming the feature', () => {
       const k = host();
       using dev = openDevice(MTTY, { kernel: k });

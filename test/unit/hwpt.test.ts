@@ -4,7 +4,7 @@
 // refusals where it has not. test/vm/hwpt.test.ts proves what the test bed's IOMMUs allow.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { allocDmaBuffer, DirtyTrackingError, HwPagetable, IommufdContext, openDevice, PCI_COMMAND, UnsupportedError, UsageError, type RegionMapping } from '../../src/index.js';
+import { allocDmaBuffer, DirtyTrackingError, HwPagetable, IommufdContext, KernelError, openDevice, PCI_COMMAND, UnsupportedError, UsageError, type RegionMapping } from '../../src/index.js';
 import { EDU, EDU_DMA, FakeKernel } from '../fake-kernel.js';
 import { FAKE_VTD } from '../fake/hwpt.js';
 import { IOMMU } from '../../src/uapi/iommufd.js';
@@ -81,6 +81,9 @@ describe('iommufd HW page tables', () => {
       assert.equal(hwpt.dirtyBitmap(range).dirtyCount, 0, 'the read before cleared them');
       await eduWrite(bar, m.iova + 0x7000n, 8);
       assert.deepEqual(hwpt.dirtyBitmap(range, { pageSize: 0x8000 }).dirtyPages(), [m.iova], 'one bit per 32 KiB');
+      k.failNext({ call: 'allocDma', errno: 'ENOMEM' });
+      const nomem = catchError(() => hwpt.dirtyBitmap(range), KernelError);
+      assert.deepEqual([nomem.errno, nomem.step], ['ENOMEM', 'allocate the dirty bitmap'], 'the bitmap\'s memory cannot be had: a KernelError');
       const e = catchError(() => hwpt.dirtyBitmap({ iova: m.iova + 0x800n, length: 0x1000n }), DirtyTrackingError);
       assert.deepEqual([e.reason, e.errno, e.step], ['unaligned', 'EINVAL', 'IOMMU_HWPT_GET_DIRTY_BITMAP']);
       hwpt.stopDirtyTracking();

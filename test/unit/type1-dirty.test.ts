@@ -92,6 +92,23 @@ describe('type1 dirty page tracking (legacy context)', () => {
     assertClean(k);
   });
 
+  test('the bitmap\'s memory cannot be had (ENOMEM): a KernelError naming the allocation, for a report and for an unmap (which then leaves the mapping)', () => {
+    const k = FakeKernel.host({ devices: [{ address: EDU }] });
+    using ctx = legacy(k);
+    using _dev = openDevice(EDU, { kernel: k, context: ctx });
+    const buf = allocDmaBuffer(0x2000, { kernel: k });
+    const m = ctx.map(buf);
+    using tracker = ctx.startDirtyTracking();
+    for (const fn of [() => tracker.report(m), () => tracker.unmap(m)]) {
+      k.failNext({ call: 'allocDma', errno: 'ENOMEM' });
+      const e = catchError(fn, KernelError);
+      assert.deepEqual([e.errno, e.step], ['ENOMEM', 'allocate the dirty bitmap']);
+    }
+    assert.deepEqual(ctx.mappings(), [m], 'nothing was unmapped');
+    assert.equal(tracker.unmap(m).dirtyCount, 2);
+    buf.free();
+  });
+
   test('a refusal other than the range checks is a KernelError naming the request', () => {
     const k = FakeKernel.host({ devices: [{ address: EDU }] });
     using ctx = legacy(k);
