@@ -6,6 +6,7 @@
 import { DirtyTrackingError, kernelRefused, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 import { deviceFeatureProbe } from '../ioctl/device.js';
 import { dmaLoggingReport, dmaLoggingStart, dmaLoggingStop, type IovaRange } from '../ioctl/migration.js';
+import { hex } from '../dma/buffer.js';
 import { readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
 import type { DmaMapping } from '../dma/mappings.js';
 import type { MigrationHost } from './migration.js';
@@ -119,7 +120,7 @@ export class DmaLog implements Disposable {
   }
 }
 
-const hexRange = (r: IovaRange): string => `[0x${r.iova.toString(16)}, +0x${r.length.toString(16)})`;
+const hexRange = (r: IovaRange): string => `[${hex(r.iova)}, +${hex(r.length)})`;
 
 export class DeviceDmaLogging {
   private log: DmaLog | null = null;

@@ -4,6 +4,7 @@
 // attaches the device to it: the mappings stay the IOAS's. Dirty tracking needs an IOMMU that reports
 // IOMMU_HW_CAP_DIRTY_TRACKING (VT-d with second-level A/D bits, AMD v1 with HD, SMMUv3 with HTTU);
 // the test bed's emulated VT-d and virtio-iommu have none, so there the kernel refuses.
+import { hex } from '../dma/buffer.js';
 import { readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
 import { DirtyTrackingError, kernelRefused, onKernel, StepError, UnsupportedError, UsageError } from '../errors.js';
 import { getHwInfo, hwptGetDirtyBitmap, hwptSetDirtyTracking } from '../ioctl/hwpt.js';
@@ -44,8 +45,6 @@ export interface HwptHost {
   assertOpen(): void;
   forget(hwpt: HwPagetable): void;
 }
-
-const hex = (n: bigint): string => `0x${n.toString(16)}`;
 
 /** A paging HWPT this context allocated over its IOAS. */
 export class HwPagetable implements Disposable {

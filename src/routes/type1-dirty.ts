@@ -3,6 +3,7 @@
 // mappings) or as a mapping is unmapped. What it can know: pages a VFIO driver pinned or wrote through
 // vfio_dma_rw (an mdev's DMA); a device behind a real IOMMU pins nothing, so while one is in the
 // container every mapped page reads dirty, on every report (vfio_iommu_type1.c, update_user_bitmap).
+import { hex } from '../dma/buffer.js';
 import { bitmapBytes, readDirtyBitmap, type DirtyBitmap } from '../dma/dirty.js';
 import type { DmaMapping } from '../dma/mappings.js';
 import { DirtyTrackingError, kernelRefused, onKernel, StepError, UsageError } from '../errors.js';
@@ -20,8 +21,6 @@ export interface Type1DirtyHost {
   unmapWith(mapping: DmaMapping, raw: (iova: bigint, size: bigint) => void): void;
   assertOpen(): void;
 }
-
-const hex = (n: bigint): string => `0x${n.toString(16)}`;
 
 export class Type1DirtyTracker implements Disposable {
   private isStopped = false;
