@@ -109,11 +109,10 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 		return type_error(env, "fd must be a number");
 	if (napi_get_value_uint32(env, argv[1], &request) != napi_ok)
 		return type_error(env, "request must be a number");
-	if (argc >= 3) {
-		/* a buffer first: the call layer passes one for nearly every request */
-		if (napi_get_buffer_info(env, argv[2], &pointer, NULL) == napi_ok) {
-			by_address = true;
-		} else {
+	/* a Buffer first: the call layer passes one for nearly every request */
+	if (argc >= 3 && napi_get_buffer_info(env, argv[2], &pointer, NULL) == napi_ok) {
+		by_address = true;
+	} else if (argc >= 3) {
 		napi_status number = napi_get_value_int64(env, argv[2], &value);
 		if (number == napi_number_expected) {
 			if (napi_get_typedarray_info(env, argv[2], NULL, NULL, &pointer, NULL, NULL) == napi_ok ||
@@ -127,7 +126,6 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 			}
 		} else if (number != napi_ok) {
 			return type_error(env, "ioctl arg is not a usable number");
-		}
 		}
 	}
 	int ret = by_address ? ioctl((int)fd, (unsigned long)request, pointer)
