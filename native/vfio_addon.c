@@ -62,8 +62,8 @@ static const char *errno_name(int err)
 	return NULL;
 }
 
-/* Throws like Node's own fs errors: message "EPERM: Operation not permitted, ioctl". */
-static napi_value throw_errno(napi_env env, int err, const char *syscall)
+/* An error like Node's own fs errors: message "EPERM: Operation not permitted, ioctl". */
+static napi_value errno_error(napi_env env, int err, const char *syscall)
 {
 	const char *name = errno_name(err);
 	char message[160];
@@ -77,7 +77,14 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall)
 	CHECK(env, napi_set_named_property(env, error, "errno", number));
 	CHECK(env, napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &call));
 	CHECK(env, napi_set_named_property(env, error, "syscall", call));
-	napi_throw(env, error);
+	return error;
+}
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall)
+{
+	napi_value error = errno_error(env, err, syscall);
+	if (error)
+		napi_throw(env, error);
 	return NULL;
 }
 
@@ -136,6 +143,43 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info)
 	return result;
 }
 
+
+/* ioctlEach(fd, request, records, stride) -> count: one ioctl per STRIDE-byte record of RECORDS (a
+ * Buffer), in order, each by address, stopping at the first that fails. A batch (mapping a VMM's
+ * guest RAM, a driver's queues) costs one Node-API call instead of one per record. On failure it
+ * throws as ioctl() does, with .index: the failed record (every record before it succeeded). */
+static napi_value js_ioctl_each(napi_env env, napi_callback_info info)
+{
+	size_t argc = 4, length, i;
+	napi_value argv[4], result, index;
+	int32_t fd;
+	uint32_t request, stride;
+	char *records;
+
+	CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+	if (argc < 4 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+	    napi_get_value_uint32(env, argv[1], &request) != napi_ok ||
+	    napi_get_buffer_info(env, argv[2], (void **)&records, &length) != napi_ok ||
+	    napi_get_value_uint32(env, argv[3], &stride) != napi_ok)
+		return type_error(env, "ioctlEach(fd, request, records: Buffer, stride)");
+	if (stride == 0 || length % stride != 0) {
+		napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "records must be a whole number of stride-byte records");
+		return NULL;
+	}
+	for (i = 0; i < length / stride; i++) {
+		if (ioctl((int)fd, (unsigned long)request, records + i * stride) < 0) {
+			napi_value error = errno_error(env, errno, "ioctl");
+			if (!error)
+				return NULL;
+			CHECK(env, napi_create_uint32(env, (uint32_t)i, &index));
+			CHECK(env, napi_set_named_property(env, error, "index", index));
+			napi_throw(env, error);
+			return NULL;
+		}
+	}
+	CHECK(env, napi_create_uint32(env, (uint32_t)i, &result));
+	return result;
+}
 
 /* noop(): nothing. The cost of a Node-API call itself, the floor under every addon call (npm run bench). */
 static napi_value js_noop(napi_env env, napi_callback_info info)
@@ -590,6 +634,7 @@ static napi_value init(napi_env env, napi_value exports)
 {
 	napi_property_descriptor props[] = {
 		{ "ioctl", NULL, js_ioctl, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "ioctlEach", NULL, js_ioctl_each, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "mmap", NULL, js_mmap, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "allocDma", NULL, js_alloc_dma, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "unmap", NULL, js_unmap, NULL, NULL, NULL, napi_enumerable, NULL },

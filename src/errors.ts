@@ -225,6 +225,9 @@ export class StepError extends Error {
     this.name = 'StepError';
   }
 
+  /** in a batch (StepCalls.ioctlEach), the record that failed; those before it succeeded */
+  index?: number;
+
   get attempt(): Attempt {
     return { route: this.route, step: this.step, errno: this.errno, ...(this.path ? { path: this.path } : {}), message: this.message };
   }

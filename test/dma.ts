@@ -8,8 +8,8 @@ import { assertNoLeaks } from './helpers.js';
 
 export const K = 4096;
 export const DMA_ROUTES = [
-  { name: 'iommufd', host: (o = {}) => FakeKernel.host(o), mapStep: 'IOMMU_IOAS_MAP', unmapStep: 'IOMMU_IOAS_UNMAP', map: IOMMU.IOAS_MAP },
-  { name: 'legacy', host: (o = {}) => FakeKernel.host({ kernel: 'stock', ...o }), mapStep: 'VFIO_IOMMU_MAP_DMA', unmapStep: 'VFIO_IOMMU_UNMAP_DMA', map: VFIO.IOMMU_MAP_DMA },
+  { name: 'iommufd', host: (o = {}) => FakeKernel.host(o), mapStep: 'IOMMU_IOAS_MAP', unmapStep: 'IOMMU_IOAS_UNMAP', map: IOMMU.IOAS_MAP, unmap: IOMMU.IOAS_UNMAP },
+  { name: 'legacy', host: (o = {}) => FakeKernel.host({ kernel: 'stock', ...o }), mapStep: 'VFIO_IOMMU_MAP_DMA', unmapStep: 'VFIO_IOMMU_UNMAP_DMA', map: VFIO.IOMMU_MAP_DMA, unmap: VFIO.IOMMU_UNMAP_DMA },
 ] as const;
 export const INTEL_RANGES = [{ start: 0n, last: 0xfedfffffn }, { start: 0xfef00000n, last: 0x7fffffffffn }];
 export const RANGES_HINT = 'valid IOVA ranges: 0x0-0xfedfffff, 0xfef00000-0x7fffffffff';

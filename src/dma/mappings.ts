@@ -14,6 +14,8 @@ export interface DmaBackend {
   /** the IOVA ranges the IOMMU accepts and the alignment of IOVAs and sizes (throws StepError) */
   geometry(): { ranges: IovaRange[]; alignment: bigint };
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void;
+  /** mapRaw of each in turn, in one call; a failure is the StepError of the one refused, with its index */
+  mapRawEach(maps: readonly RawMap[]): void;
   unmapRaw(iova: bigint, size: bigint): void;
 }
 
@@ -26,6 +28,20 @@ export interface DmaMapOptions {
   readable?: boolean;
   /** the device may write the buffer (default true) */
   writable?: boolean;
+}
+
+/** One mapping as the raw ioctls take it. */
+export interface RawMap {
+  vaddr: bigint;
+  iova: bigint;
+  size: bigint;
+  readable: boolean;
+  writable: boolean;
+}
+
+/** A batch entry with its own options (mapBatch). */
+export interface DmaBatchEntry extends DmaMapOptions {
+  buffer: DmaBuffer;
 }
 
 export interface DmaMapping {
@@ -79,15 +95,110 @@ export class DmaMappings {
   }
 
   map(buffer: DmaBuffer, options: DmaMapOptions = {}): DmaMapping {
+    this.checkAvailable();
+    const mapping = this.plan(buffer, options);
+    const { iova, size } = mapping;
+    try {
+      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, mapping.readable, mapping.writable), () => `${size} bytes at IOVA ${hex(iova)}`, size);
+    } catch (e) {
+      this.allocator.free(iova);
+      this.known = false; // whatever the kernel objected to, the next map asks it afresh
+      throw e;
+    }
+    this.commit(mapping);
+    return mapping;
+  }
+
+  /**
+   * Maps many buffers in one call (a VMM's guest RAM regions, a driver's queues), all or nothing: if
+   * any is refused, those mapped before it are unmapped again and nothing stays mapped. Each entry is
+   * a buffer or { buffer, ...its own options }; `defaults` apply to every entry.
+   */
+  mapBatch(entries: readonly (DmaBuffer | DmaBatchEntry)[], defaults: DmaMapOptions = {}): DmaMapping[] {
+    this.checkAvailable();
+    const planned: DmaMapping[] = [];
+    try {
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]!;
+        planned.push(entry instanceof DmaBuffer ? this.plan(entry, defaults, i) : this.plan(entry.buffer, { ...defaults, ...entry }, i));
+      }
+    } catch (e) {
+      for (const m of planned) this.allocator.free(m.iova);
+      throw e;
+    }
+    if (planned.length === 0) return planned;
+    let failed = 0;
+    try {
+      this.explainFailure(() => {
+        try {
+          this.backend.mapRawEach(planned.map((m) => ({ vaddr: m.buffer.address, iova: m.iova, size: m.size, readable: m.readable, writable: m.writable })));
+        } catch (e) {
+          failed = e instanceof StepError ? (e.index ?? 0) : 0;
+          throw e;
+        }
+      }, () => `entry ${failed} of the batch of ${planned.length} (${planned[failed]!.size} bytes at IOVA ${hex(planned[failed]!.iova)})`, planned[failed]?.size);
+    } catch (e) {
+      // all or nothing: take out what the kernel mapped before the refusal
+      const stuck = this.unmapRuns(planned.slice(0, failed), () => {});
+      for (const m of planned) if (!stuck.includes(m)) this.allocator.free(m.iova);
+      for (const m of stuck) this.commit(m); // the kernel still maps these: closing the context drops them
+      this.known = false;
+      if (stuck.length > 0 && e instanceof Error) e.message += ` (and ${stuck.length} of the batch's mappings could not be taken out again: they stay mapped until unmapped or the context closes)`;
+      throw e;
+    }
+    for (const m of planned) this.commit(m);
+    return planned;
+  }
+
+  /**
+   * Unmaps many mappings of this context; touching ones go in one ranged unmap each (the kernel takes
+   * out every mapping inside the range), so a batch from mapBatch() unmaps in one system call.
+   */
+  unmapBatch(mappings: readonly DmaMapping[]): void {
+    for (const m of mappings) {
+      if (this.byIova.get(m.iova) !== m) throw new UsageError(`nothing of this context is mapped at IOVA ${hex(m.iova)} (unmapped already?)`);
+    }
+    let failure: unknown = null;
+    this.unmapRuns(mappings, (m) => this.forget(m), (e) => (failure ??= e));
+    if (failure) throw failure;
+  }
+
+  /**
+   * Unmaps `mappings` as runs of touching IOVAs, one ranged unmap per run, calling `done` for each
+   * mapping of a run that went; returns those of the runs the kernel refused (their error to `onError`).
+   */
+  private unmapRuns(mappings: readonly DmaMapping[], done: (m: DmaMapping) => void, onError: (e: unknown) => void = () => {}): DmaMapping[] {
+    const sorted = [...mappings].sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
+    const stuck: DmaMapping[] = [];
+    for (let start = 0; start < sorted.length;) {
+      let end = start + 1;
+      while (end < sorted.length && sorted[end - 1]!.iova + sorted[end - 1]!.size === sorted[end]!.iova) end++;
+      const run = sorted.slice(start, end);
+      const iova = run[0]!.iova;
+      const size = run[run.length - 1]!.iova + run[run.length - 1]!.size - iova;
+      try {
+        this.explainFailure(() => this.backend.unmapRaw(iova, size), () => `IOVA ${hex(iova)}-${hex(iova + size - 1n)} (${run.length} mappings)`);
+        for (const m of run) done(m);
+      } catch (e) {
+        stuck.push(...run);
+        onError(e);
+      }
+      start = end;
+    }
+    return stuck;
+  }
+
+  /** Checks a buffer and its options and reserves its IOVA; `entry` names it in a batch's errors. */
+  private plan(buffer: DmaBuffer, options: DmaMapOptions, entry?: number): DmaMapping {
+    const which = entry === undefined ? '' : `batch entry ${entry}: `;
     if (!(buffer instanceof DmaBuffer)) {
       // an ordinary Buffer may share its pages with other data, and the garbage collector may free it
-      throw new UsageError('only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved)');
+      throw new UsageError(`${which}only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved)`);
     }
     if (options.readable === false && options.writable === false) {
-      throw new UsageError('a DMA mapping the device may neither read nor write is no mapping');
+      throw new UsageError(`${which}a DMA mapping the device may neither read nor write is no mapping`);
     }
-    this.checkAvailable();
-    if (buffer.freed) throw new ClosedError('cannot map a freed DMA buffer');
+    if (buffer.freed) throw new ClosedError(`${which}cannot map a freed DMA buffer`);
     const allocator = this.geometry();
     const size = BigInt(buffer.size);
     // a 2 MiB-aligned buffer of 2 MiB or more (huge pages, or THP from allocDma) gets a 2 MiB-aligned
@@ -101,32 +212,26 @@ export class DmaMappings {
       // would then fail to attach (EADDRINUSE) over a mapping its IOMMU cannot express.
       const need = this.alignment > BigInt(PAGE_SIZE) ? this.alignment : BigInt(PAGE_SIZE);
       if (iova % need !== 0n) {
-        throw new UsageError(`IOVA ${hex(iova)} is not aligned to the IOMMU's ${need}-byte pages`);
+        throw new UsageError(`${which}IOVA ${hex(iova)} is not aligned to the IOMMU's ${need}-byte pages`);
       }
       const why = allocator.reserve(iova, size);
-      if (why) throw new UsageError(`cannot map ${size} bytes at IOVA ${hex(iova)}: ${why}`, { hint: this.rangesHint(allocator) });
+      if (why) throw new UsageError(`${which}cannot map ${size} bytes at IOVA ${hex(iova)}: ${why}`, { hint: this.rangesHint(allocator) });
     } else {
       const found = allocator.allocate(size, align, options.limit);
       if (found === null) {
-        throw new UsageError(`no free IOVA range of ${size} bytes${options.limit !== undefined ? ` below ${hex(options.limit)}` : ''}`, {
+        throw new UsageError(`${which}no free IOVA range of ${size} bytes${options.limit !== undefined ? ` below ${hex(options.limit)}` : ''}`, {
           hint: this.rangesHint(allocator),
         });
       }
       iova = found;
     }
-    const readable = options.readable ?? true;
-    const writable = options.writable ?? true;
-    try {
-      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, readable, writable), () => `${size} bytes at IOVA ${hex(iova)}`, size);
-    } catch (e) {
-      allocator.free(iova);
-      this.known = false; // whatever the kernel objected to, the next map asks it afresh
-      throw e;
-    }
-    buffer.retain();
-    const mapping: DmaMapping = { iova, size, buffer, readable, writable };
-    this.byIova.set(iova, mapping);
-    return mapping;
+    return { iova, size, buffer, readable: options.readable ?? true, writable: options.writable ?? true };
+  }
+
+  /** Records a mapping the kernel made. */
+  private commit(mapping: DmaMapping): void {
+    mapping.buffer.retain();
+    this.byIova.set(mapping.iova, mapping);
   }
 
   /** Unmaps through the backend, or through `raw` (an unmap that also reads a dirty bitmap). */

@@ -2,7 +2,7 @@
 // (/dev/vfio/N). One typed function per ioctl: it encodes the struct, issues the request by name (a
 // failure is a StepError naming it) and decodes the answer. Nothing above this file builds a struct.
 import type { StepCalls } from '../sys/calls.js';
-import { decode, encode } from '../uapi/struct.js';
+import { decode, encode, encodeEach } from '../uapi/struct.js';
 import {
   VFIO_DMA_MAP_FLAG,
   VFIO_GROUP_FLAGS_CONTAINER_SET,
@@ -106,11 +106,22 @@ export interface Type1Map {
   writable: boolean;
 }
 
+const mapDmaRecord = (m: Type1Map) => ({
+  argsz: vfio_iommu_type1_dma_map.size, flags: (m.readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (m.writable ? VFIO_DMA_MAP_FLAG.WRITE : 0),
+  vaddr: m.vaddr, iova: m.iova, size: m.size,
+});
+
 /** VFIO_IOMMU_MAP_DMA. */
 export function iommuMapDma(calls: StepCalls, containerFd: number, m: Type1Map): void {
-  const flags = (m.readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (m.writable ? VFIO_DMA_MAP_FLAG.WRITE : 0);
-  const arg = encode(vfio_iommu_type1_dma_map, { argsz: vfio_iommu_type1_dma_map.size, flags, vaddr: m.vaddr, iova: m.iova, size: m.size });
-  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, arg);
+  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, encode(vfio_iommu_type1_dma_map, mapDmaRecord(m)));
+}
+
+/**
+ * VFIO_IOMMU_MAP_DMA of each mapping in turn, in one addon call. A failure is the StepError of the
+ * mapping that failed, with its index: those before it are mapped.
+ */
+export function iommuMapDmaEach(calls: StepCalls, containerFd: number, maps: readonly Type1Map[]): void {
+  calls.ioctlEach('VFIO_IOMMU_MAP_DMA', containerFd, encodeEach(vfio_iommu_type1_dma_map, maps.map(mapDmaRecord)), vfio_iommu_type1_dma_map.size);
 }
 
 /** VFIO_IOMMU_UNMAP_DMA: returns the bytes the kernel unmapped. */

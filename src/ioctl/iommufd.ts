@@ -12,7 +12,7 @@ import {
   iommu_ioas_unmap,
   iommu_iova_range,
 } from '../uapi/iommufd.js';
-import { decode, encode } from '../uapi/struct.js';
+import { decode, encode, encodeEach } from '../uapi/struct.js';
 import { withScratch } from './scratch.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 
@@ -75,10 +75,22 @@ export interface IoasMap {
   writable: boolean;
 }
 
+const ioasMapRecord = (m: IoasMap) => ({
+  size: iommu_ioas_map.size, ioas_id: m.ioasId, user_va: m.vaddr, length: m.length, iova: m.iova,
+  flags: IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (m.readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (m.writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0),
+});
+
 /** IOMMU_IOAS_MAP at a fixed IOVA. */
 export function ioasMap(calls: StepCalls, iommufd: number, m: IoasMap): void {
-  const flags = IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (m.readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (m.writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0);
-  calls.ioctl('IOMMU_IOAS_MAP', iommufd, encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags, ioas_id: m.ioasId, user_va: m.vaddr, length: m.length, iova: m.iova }));
+  calls.ioctl('IOMMU_IOAS_MAP', iommufd, encode(iommu_ioas_map, ioasMapRecord(m)));
+}
+
+/**
+ * IOMMU_IOAS_MAP of each mapping in turn, in one addon call. A failure is the StepError of the mapping
+ * that failed, with its index: those before it are mapped.
+ */
+export function ioasMapEach(calls: StepCalls, iommufd: number, maps: readonly IoasMap[]): void {
+  calls.ioctlEach('IOMMU_IOAS_MAP', iommufd, encodeEach(iommu_ioas_map, maps.map(ioasMapRecord)), iommu_ioas_map.size);
 }
 
 /** IOMMU_IOAS_UNMAP: returns the bytes the kernel unmapped. */

@@ -2,7 +2,8 @@
 // "parked" and accepts nothing else), then the device is attached to the context's IOAS.
 import type { CdevLocation, DeviceLocation } from '../discovery/locate.js';
 import type { IovaRange } from '../dma/iova.js';
-import { attachIommufdPt, bindIommufd, destroy, detachIommufdPt, ioasAlloc, ioasIovaRanges, ioasMap, ioasUnmap } from '../ioctl/iommufd.js';
+import type { RawMap } from '../dma/mappings.js';
+import { attachIommufdPt, bindIommufd, destroy, detachIommufdPt, ioasAlloc, ioasIovaRanges, ioasMap, ioasMapEach, ioasUnmap } from '../ioctl/iommufd.js';
 import type { Logger } from '../log.js';
 import { closeQuietly, FdStack, quietly, StepCalls } from '../sys/calls.js';
 import { makedev, type Kernel } from '../sys/kernel.js';
@@ -171,6 +172,12 @@ export class IommufdContext extends IommuContext {
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
     const calls = this.steps();
     ioasMap(calls, this.fd, { ioasId: this.ioas(calls), vaddr, iova, length: size, readable, writable });
+  }
+
+  mapRawEach(maps: readonly RawMap[]): void {
+    const calls = this.steps();
+    const ioasId = this.ioas(calls);
+    ioasMapEach(calls, this.fd, maps.map((m) => ({ ioasId, vaddr: m.vaddr, iova: m.iova, length: m.size, readable: m.readable, writable: m.writable })));
   }
 
   unmapRaw(iova: bigint, size: bigint): void {

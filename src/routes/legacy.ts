@@ -2,7 +2,7 @@
 // /dev/vfio/noiommu-N), devices taken from their group with VFIO_GROUP_GET_DEVICE_FD.
 import { readDevnum, type DeviceLocation } from '../discovery/locate.js';
 import type { IovaRange } from '../dma/iova.js';
-import type { DmaMapping } from '../dma/mappings.js';
+import type { DmaMapping, RawMap } from '../dma/mappings.js';
 import {
   checkExtension,
   getApiVersion,
@@ -12,6 +12,7 @@ import {
   groupUnsetContainer,
   iommuGetInfo,
   iommuMapDma,
+  iommuMapDmaEach,
   iommuUnmapDma,
   setIommu,
 } from '../ioctl/container.js';
@@ -225,6 +226,10 @@ export class ContainerContext extends IommuContext {
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
     iommuMapDma(this.steps(), this.fd, { vaddr, iova, size, readable, writable });
+  }
+
+  mapRawEach(maps: readonly RawMap[]): void {
+    iommuMapDmaEach(this.steps(), this.fd, maps);
   }
 
   unmapRaw(iova: bigint, size: bigint): void {

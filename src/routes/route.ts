@@ -6,7 +6,7 @@ import type { RouteName } from './names.js';
 import type { PassedFds } from './passed-fds.js';
 import type { DmaBuffer } from '../dma/buffer.js';
 import type { IovaRange } from '../dma/iova.js';
-import { DmaMappings, type DmaBackend, type DmaMapOptions, type DmaMapping } from '../dma/mappings.js';
+import { DmaMappings, type DmaBackend, type DmaBatchEntry, type DmaMapOptions, type DmaMapping, type RawMap } from '../dma/mappings.js';
 import type { DeviceLocation } from '../discovery/locate.js';
 import type { Logger } from '../log.js';
 import type { Kernel } from '../sys/kernel.js';
@@ -111,6 +111,7 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   abstract dmaUnavailable(): string | null;
   abstract geometry(): { ranges: IovaRange[]; alignment: bigint };
   abstract mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void;
+  abstract mapRawEach(maps: readonly RawMap[]): void;
   abstract unmapRaw(iova: bigint, size: bigint): void;
 
   /** Throws the ClosedError (or why it was closed) once the context is closed. */
@@ -131,6 +132,19 @@ export abstract class IommuContext implements Disposable, DmaBackend {
   /** Unmaps a mapping (or the mapping at an IOVA). */
   unmap(mapping: DmaMapping | bigint): void {
     this.dma.unmap(mapping);
+  }
+
+  /**
+   * Maps many buffers in one call, all or nothing: if the kernel refuses one, those before it are
+   * unmapped again and the error names the entry. Entries are buffers or { buffer, ...options }.
+   */
+  mapBatch(entries: readonly (DmaBuffer | DmaBatchEntry)[], defaults?: DmaMapOptions): DmaMapping[] {
+    return this.dma.mapBatch(entries, defaults);
+  }
+
+  /** Unmaps many mappings; mappings that touch go in one ranged unmap (a mapBatch() batch: one system call). */
+  unmapBatch(mappings: readonly DmaMapping[]): void {
+    this.dma.unmapBatch(mappings);
   }
 
   /** The IOVA ranges the IOMMU accepts for the devices bound now. */

@@ -5,7 +5,7 @@ import { StepError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RouteName } from '../routes/names.js';
 import { REQUESTS, type RequestName } from '../uapi/requests.js';
-import { isSysError, type Kernel } from './kernel.js';
+import { isSysError, type BatchSysError, type Kernel } from './kernel.js';
 import type { Step } from './steps.js';
 
 export class StepCalls {
@@ -42,6 +42,19 @@ export class StepCalls {
    */
   ioctl(name: RequestName, fd: number, arg?: number | Buffer, step: Step = name): number {
     return this.run(step, undefined, () => this.kernel.ioctl(fd, REQUESTS[name], arg));
+  }
+
+  /**
+   * One ioctl per `stride`-byte record of `records` (a batch). A failure is the StepError of the failed
+   * record, with `index`: every record before it succeeded, none after it was issued.
+   */
+  ioctlEach(name: RequestName, fd: number, records: Buffer, stride: number): number {
+    try {
+      return this.run(name, undefined, () => this.kernel.ioctlEach(fd, REQUESTS[name], records, stride));
+    } catch (e) {
+      if (e instanceof StepError && typeof (e.cause as Partial<BatchSysError>).index === 'number') e.index = (e.cause as BatchSysError).index;
+      throw e;
+    }
   }
 
   /** A step that fails without a system call (a missing sysfs entry, a mismatched node). */

@@ -11,6 +11,11 @@ export interface SysErrorLike extends Error {
   path?: string;
 }
 
+/** What ioctlEach throws: the failed record's index besides the errno. */
+export interface BatchSysError extends SysErrorLike {
+  index: number;
+}
+
 export function isSysError(e: unknown): e is SysErrorLike {
   return e instanceof Error && typeof (e as SysErrorLike).code === 'string' && typeof (e as SysErrorLike).errno === 'number';
 }
@@ -29,6 +34,11 @@ export interface Kernel {
   close(fd: number): void;
   /** ioctl(2): returns its non-negative result; arg is passed by value (number) or by address (buffer) */
   ioctl(fd: number, request: number, arg?: number | Buffer): number;
+  /**
+   * One ioctl per `stride`-byte record of `records`, each by address, in order, stopping at the first
+   * that fails: its SysError carries `index`, and every record before it succeeded. Returns the count.
+   */
+  ioctlEach(fd: number, request: number, records: Buffer, stride: number): number;
   /** pread(2)/pwrite(2): the byte count transferred */
   pread(fd: number, buf: Buffer, offset: bigint | number): number;
   pwrite(fd: number, buf: Buffer, offset: bigint | number): number;

@@ -18,6 +18,9 @@ export class NativeKernel implements Kernel {
   ioctl(fd: number, request: number, arg?: number | Buffer): number {
     return this.addon.ioctl(fd, request, arg);
   }
+  ioctlEach(fd: number, request: number, records: Buffer, stride: number): number {
+    return this.addon.ioctlEach(fd, request, records, stride);
+  }
   pread(fd: number, buf: Buffer, offset: bigint | number): number {
     return fs.readSync(fd, buf, 0, buf.length, offset);
   }

@@ -50,14 +50,25 @@ export function readField(buf: Buffer, [type, offset]: readonly [FieldType, numb
 /** A zeroed buffer of the struct's size (or more, for a trailing array) with the given fields set. */
 export function encode<D extends FieldSpecs>(layout: StructLayout<D>, values: Encodable<D>, totalSize = layout.size): Buffer {
   const buf = Buffer.alloc(Math.max(totalSize, layout.size));
+  encodeAt(buf, layout, values, 0);
+  return buf;
+}
+
+/** The records of a batch (StepCalls.ioctlEach): one zeroed struct per element, back to back. */
+export function encodeEach<D extends FieldSpecs>(layout: StructLayout<D>, records: readonly Encodable<D>[]): Buffer {
+  const buf = Buffer.alloc(layout.size * records.length);
+  for (let i = 0; i < records.length; i++) encodeAt(buf, layout, records[i]!, i * layout.size);
+  return buf;
+}
+
+function encodeAt<D extends FieldSpecs>(buf: Buffer, layout: StructLayout<D>, values: Encodable<D>, base: number): void {
   // for..in, not Object.entries: no array per call on the path of every ioctl
   for (const name in values) {
     const spec = layout.fields[name];
     if (spec === undefined) throw new Error(`${layout.cName} has no field ${name}`);
     const value = values[name];
-    if (value !== undefined) writeField(buf, spec, value);
+    if (value !== undefined) writeField(buf, spec, value, base);
   }
-  return buf;
 }
 
 /** Decodes the struct found at `base` in buf. */

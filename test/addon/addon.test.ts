@@ -1,5 +1,6 @@
 // The addon and the native Kernel on this host, with real system calls: failures must carry the
 // right errno name and number, and buffer arguments must be passed by address and written back.
+import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -57,6 +58,40 @@ test('a buffer argument is passed by address and written back', () => {
   } finally {
     fs.closeSync(fd);
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('ioctlEach: one ioctl per record, written back in place; it stops at the first refusal and names its index', async () => {
+  // SIOCGIFINDEX reads an interface name from each record and writes its index back, so a record's own
+  // content decides whether its ioctl fails: a real mid-batch refusal without VFIO hardware
+  const SIOCGIFINDEX = 0x8933;
+  const IFREQ = 40; // struct ifreq: char ifr_name[16], then a union (int ifr_ifindex) padded to 24
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  try {
+    const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+    const names = ['lo', 'lo', 'no-such-if0', 'lo'];
+    const records = Buffer.alloc(IFREQ * names.length);
+    names.forEach((name, i) => {
+      records.write(name, i * IFREQ);
+      records.writeInt32LE(-1, i * IFREQ + 16);
+    });
+    assert.equal(addon.ioctlEach(fd, SIOCGIFINDEX, records.subarray(0, 2 * IFREQ), IFREQ), 2);
+    assert.ok(records.readInt32LE(16) > 0 && records.readInt32LE(IFREQ + 16) === records.readInt32LE(16), 'each record got lo\'s index');
+    records.writeInt32LE(-1, 16);
+    assert.throws(() => addon.ioctlEach(fd, SIOCGIFINDEX, records, IFREQ), (e: unknown) => {
+      sysError('ENODEV', -19)(e);
+      assert.equal((e as { index?: number }).index, 2);
+      return true;
+    });
+    assert.ok(records.readInt32LE(16) > 0, 'record 0 was issued');
+    assert.equal(records.readInt32LE(3 * IFREQ + 16), -1, 'nothing after the refused record was issued');
+    assert.equal(addon.ioctlEach(fd, SIOCGIFINDEX, Buffer.alloc(0), IFREQ), 0, 'no records, no calls');
+    assert.throws(() => addon.ioctlEach(fd, SIOCGIFINDEX, Buffer.alloc(IFREQ + 1), IFREQ), RangeError);
+    assert.throws(() => addon.ioctlEach(fd, SIOCGIFINDEX, records, 0), RangeError);
+    assert.throws(() => (addon.ioctlEach as (...a: unknown[]) => number)(fd, SIOCGIFINDEX, 'lo', IFREQ), TypeError);
+  } finally {
+    socket.close();
   }
 });
 

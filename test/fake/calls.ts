@@ -7,7 +7,11 @@ import type { CallInfo, FailRule } from './types.js';
 export function run<T>(s: FakeState, call: CallInfo, fn: () => T, logged = true): T {
   if (logged) s.calls.push(call);
   for (const l of s.listeners) l(call);
-  const rule = s.rules.find((r) => r.left > 0 && matches(r, call));
+  let rule = s.rules.find((r) => r.left > 0 && matches(r, call));
+  if (rule && rule.pass > 0) {
+    rule.pass--;
+    rule = undefined;
+  }
   try {
     if (rule) {
       // spent rules go: a long test injects thousands, and every call would scan them all
@@ -34,7 +38,7 @@ export function fdCall(call: CallInfo['call'], fd: number, e: FdEntry | undefine
 /** The next `times` matching calls fail with errno (an ioctl by default). */
 export function failNext(s: FakeState, rule: FailRule): void {
   const call = rule.call ?? (rule.request !== undefined ? 'ioctl' : undefined);
-  s.rules.push({ ...rule, ...(call ? { call } : {}), left: rule.times ?? 1 });
+  s.rules.push({ ...rule, ...(call ? { call } : {}), left: rule.times ?? 1, pass: rule.after ?? 0 });
 }
 
 function matches(r: FailRule, c: CallInfo): boolean {

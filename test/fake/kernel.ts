@@ -250,6 +250,19 @@ export class FakeKernel implements Kernel {
     if (e) call.path = e.path;
     return run(this.s, call, () => ioctl(this.s, e, request, arg));
   }
+  /** As the addon's: one ioctl per record (each logged as its own call), the failing one's error with .index. */
+  ioctlEach(fd: number, request: number, records: Buffer, stride: number): number {
+    if (stride <= 0 || records.length % stride !== 0) throw new RangeError('records must be a whole number of stride-byte records');
+    const count = records.length / stride;
+    for (let i = 0; i < count; i++) {
+      try {
+        this.ioctl(fd, request, records.subarray(i * stride, (i + 1) * stride));
+      } catch (e) {
+        throw Object.assign(e as Error, { index: i });
+      }
+    }
+    return count;
+  }
 
   pread(fd: number, buf: Buffer, offset: bigint | number): number {
     const e = this.s.fdTable.get(fd);

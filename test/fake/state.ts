@@ -262,7 +262,7 @@ export class FakeState {
   nextFd = 20;
   readonly groups = new Map<number, GroupState>();
   readonly devices = new Map<string, DeviceState>();
-  readonly rules: (FailRule & { left: number })[] = [];
+  readonly rules: (FailRule & { left: number; pass: number })[] = [];
   readonly listeners: ((call: CallInfo) => void)[] = [];
   nextCdev = 0;
   nextGroupMinor = 0;

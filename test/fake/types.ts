@@ -123,6 +123,8 @@ export interface FailRule {
   errno: Errno;
   /** how many matching calls fail (default 1; Infinity for all) */
   times?: number;
+  /** how many matching calls succeed first (default 0): the n-th map of a batch fails with after: n - 1 */
+  after?: number;
 }
 
 export interface FdInfo {
