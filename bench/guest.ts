@@ -1,7 +1,7 @@
 // Runs inside a test-bed guest (bench/run.ts starts it): library bind, VFIO_DEVICE_GET_INFO, DMA map +
 // unmap and BAR0 register reads vs the C witness testbed/guest/vfio-probe.c doing the same ioctl
 // sequence (or loads), both routes where the route matters.
-//   node dist/bench/guest.js [SECTION...]   bind, get_info, dma-2m, dma-4k, mmio (default: all)
+//   node dist/bench/guest.js [SECTION...]   bind, get_info, dma-2m, dma-4k, dma-batch, mmio (default: all)
 import { execFileSync } from 'node:child_process';
 import { allocDmaBuffer, openDevice, type DmaBuffer, type DmaMapping } from '../src/index.js';
 import { loadAddon } from '../src/sys/native-kernel.js';
@@ -67,11 +67,17 @@ const GiB = 1024 * MiB;
 const DMA_IOVA = 1n << 30n;
 
 /** One JS round: binds the device, maps and unmaps total bytes in chunks; returns the map+unmap time in ns. */
-function dmaRound(route: 'iommufd' | 'legacy', total: number, chunk: number): number {
+function dmaRound(route: 'iommufd' | 'legacy', total: number, chunk: number, batch = false): number {
   const device = openDevice(EDU, { route });
   const buffers: DmaBuffer[] = [];
   try {
     for (let i = 0; i < total / chunk; i++) buffers.push(allocDmaBuffer(chunk));
+    if (batch) {
+      const entries = buffers.map((buffer, i) => ({ buffer, iova: DMA_IOVA + BigInt(i * chunk) }));
+      const t0 = process.hrtime.bigint();
+      device.context.unmapBatch(device.context.mapBatch(entries));
+      return Number(process.hrtime.bigint() - t0);
+    }
     const mappings: DmaMapping[] = [];
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < buffers.length; i++) {
@@ -92,18 +98,20 @@ const dmaCases = [
   { section: 'dma-2m', total: 1 * GiB, chunk: 2 * MiB, rounds: 5, goal: 1.05 },
   // 16384 mappings. The issue sets no goal for 4 KiB pages; 1.2 is ours, for a verdict to print.
   { section: 'dma-4k', total: 64 * MiB, chunk: 4 * KiB, rounds: 3, goal: 1.2 },
+  // the issue's goal 2: one mapBatch() and one unmapBatch() call against C's loop of single ioctls
+  { section: 'dma-batch', total: 64 * MiB, chunk: 4 * KiB, rounds: 3, goal: 1.2, batch: true },
 ];
-for (const { total, chunk, rounds, goal } of dmaCases.filter((c) => wanted(c.section))) {
+for (const { total, chunk, rounds, goal, batch } of dmaCases.filter((c) => wanted(c.section))) {
   for (const route of ['iommufd', 'legacy'] as const) {
     // warm-up: V8 has compiled the map and unmap paths (under TCG, compiling is slow enough to show)
-    for (let i = 0; i < 4; i++) dmaRound(route, 32 * chunk, chunk);
+    for (let i = 0; i < 4; i++) dmaRound(route, 32 * chunk, chunk, batch);
     const js: number[] = [];
     const c: number[] = [];
     for (let round = 0; round < rounds; round++) {
-      js.push(dmaRound(route, total, chunk) / 1e6);
+      js.push(dmaRound(route, total, chunk, batch) / 1e6);
       c.push(cBench(['-d', `${total}:${chunk}`, route, EDU], 'ns_total') / 1e6);
     }
-    const what = `DMA map+unmap ${sizeName(total)} in ${sizeName(chunk)} (${route}) vs C`;
+    const what = `DMA ${batch ? 'mapBatch+unmapBatch' : 'map+unmap'} ${sizeName(total)} in ${sizeName(chunk)} (${route}) vs C${batch ? ' loop' : ''}`;
     console.log(ratioLine(what, median(js), median(c), 'ms', goal));
   }
 }

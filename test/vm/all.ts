@@ -18,6 +18,7 @@ import './bind.test.js';
 import './mdev.test.js';
 import './migration.test.js';
 import './dma-logging.test.js';
+import './dma-batch.test.js';
 import './type1-dirty.test.js';
 import './hwpt.test.js';
 import './device.test.js';
