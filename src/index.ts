@@ -73,6 +73,7 @@ export { IrqSet, IrqVector, type IrqInfo } from './device/irqs.js';
 export { PCI_COMMAND, PCI_CONFIG, type PciIds, type PciCapability } from './device/config.js';
 export { DmaBuffer, PAGE_SIZE, HUGE_PAGE_SIZE, type DmaBufferOptions } from './dma/buffer.js';
 export type { DmaBatchEntry, DmaMapping, DmaMapOptions } from './dma/mappings.js';
+export type { DmaMemory } from './dma/memory.js';
 export type { IovaRange } from './dma/iova.js';
 export { IommuContext, type BeforeBindHook } from './routes/route.js';
 export { IommufdContext } from './routes/iommufd.js';

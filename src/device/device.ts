@@ -229,7 +229,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
     const writable = options.writable ?? region.writable;
     const memory = this.kernelStep(() => this.calls().run(`mmap ${region.name}`, undefined, () =>
       this.kernel.mmap(this.bound.binding.deviceFd, region.offset + offset, Number(size), writable)));
-    const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m));
+    const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m), this.name);
     this.regionMappings.add(mapping);
     return mapping;
   }

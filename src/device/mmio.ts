@@ -1,13 +1,24 @@
 // A device region mapped into the process (a BAR's MMIO). Registers are read and written by addon
 // accessors that make exactly one load or store of the asked width: devices answer only some widths
 // (edu: 4 and 8 bytes), and a JavaScript DataView may split an access into bytes.
+//
+// A mapping is also memory another device's DMA can target (peer-to-peer): a context maps it like a
+// DMA buffer. It holds the contexts that do, so that it never goes away under their mappings.
+import { hex, PAGE_SIZE } from '../dma/buffer.js';
+import { registerDmaMemory, type DmaMemory } from '../dma/memory.js';
 import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
 import type { RegionInfo } from './regions.js';
 
-export class RegionMapping implements Disposable {
+export class RegionMapping implements DmaMemory, Disposable {
+  readonly kind = 'mmio';
+  readonly pageSize = PAGE_SIZE;
+  /** the virtual address of the mapping: what a peer-to-peer DMA map takes */
+  readonly address: bigint;
   private memory: ArrayBuffer | null;
   private closedBy: (() => VfioError) | null = null;
+  /** the DMA mappings of this memory, each with what unmaps it */
+  private readonly dmaHolders = new Map<object, () => void>();
 
   /** @internal use VfioDevice.mapRegion() */
   constructor(
@@ -18,8 +29,35 @@ export class RegionMapping implements Disposable {
     memory: ArrayBuffer,
     readonly writable: boolean,
     private readonly onClose: (m: RegionMapping) => void,
+    /** the device's name, for messages */
+    private readonly deviceName = '',
   ) {
     this.memory = memory;
+    this.address = kernel.addressOf(memory);
+    registerDmaMemory(this);
+  }
+
+  get description(): string {
+    return `the mapping of ${this.region.name}${this.deviceName ? ` of ${this.deviceName}` : ''} at ${hex(this.address)}`;
+  }
+
+  get freed(): boolean {
+    return this.closed;
+  }
+
+  /** How many DMA mappings (peer-to-peer) target this mapping now. */
+  get mappings(): number {
+    return this.dmaHolders.size;
+  }
+
+  /** @internal a context maps it for DMA */
+  retain(holder: object, revoke: () => void): void {
+    this.live();
+    this.dmaHolders.set(holder, revoke);
+  }
+  /** @internal that context unmapped it */
+  release(holder: object): void {
+    this.dmaHolders.delete(holder);
   }
 
   get size(): number {
@@ -73,9 +111,24 @@ export class RegionMapping implements Disposable {
     return this.live();
   }
 
-  /** munmap; views of arrayBuffer go empty. Idempotent. `why` (internal) says why later calls fail. */
+  /**
+   * munmap; views of arrayBuffer go empty. Idempotent. Refused while a context maps it for DMA: unmap
+   * that first. `why` (internal: the device is closing) says why later calls fail, and takes out the
+   * DMA mappings of it, so that no device keeps access to a BAR its owner let go.
+   */
   close(why?: () => VfioError): void {
     if (!this.memory) return;
+    if (this.dmaHolders.size > 0) {
+      if (!why) throw new UsageError(`${this.description} is still mapped for DMA (${this.dmaHolders.size} mapping(s)): unmap it first`);
+      for (const revoke of [...this.dmaHolders.values()]) {
+        try {
+          revoke();
+        } catch {
+          // the device is closing either way; a mapping the kernel would not take out stays until its context closes
+        }
+      }
+      this.dmaHolders.clear();
+    }
     this.closedBy = why ?? null;
     const memory = this.memory;
     this.memory = null;

@@ -3,6 +3,7 @@
 // memory the device still writes to. A mapped buffer stays alive until every context unmaps it.
 import { ClosedError, KernelError, UsageError } from '../errors.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
+import { registerDmaMemory, type DmaMemory } from './memory.js';
 
 export const PAGE_SIZE = 4096;
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
@@ -12,7 +13,10 @@ export interface DmaBufferOptions {
   hugePages?: boolean;
 }
 
-export class DmaBuffer implements Disposable {
+export class DmaBuffer implements DmaMemory, Disposable {
+  readonly kind = 'ram';
+  /** a device may always write its DMA buffers (a mapping may still be read-only: map({ writable: false })) */
+  readonly writable = true;
   /** bytes, a multiple of the page size */
   readonly size: number;
   /** the virtual address the IOMMU maps from */
@@ -27,6 +31,11 @@ export class DmaBuffer implements Disposable {
     this.size = memory.byteLength;
     this.hugePages = hugePages;
     this.address = kernel.addressOf(memory);
+    registerDmaMemory(this);
+  }
+
+  get description(): string {
+    return `the DMA buffer at ${hex(this.address)}`;
   }
 
   get pageSize(): number {
@@ -53,13 +62,13 @@ export class DmaBuffer implements Disposable {
     return this.mapCount;
   }
 
-  /** @internal a context maps it */
-  retain(): void {
+  /** @internal a context maps it (a buffer never goes away under a mapping: free() refuses) */
+  retain(_holder: object, _revoke: () => void): void {
     if (!this.memory) throw new ClosedError('the DMA buffer was freed');
     this.mapCount++;
   }
   /** @internal a context unmapped it */
-  release(): void {
+  release(_holder: object): void {
     this.mapCount = Math.max(0, this.mapCount - 1);
   }
 

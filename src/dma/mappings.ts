@@ -1,10 +1,12 @@
-// The DMA mappings of one IOMMU context, on either route: which DMA buffer sits at which IOVA, an IOVA
-// allocator inside the ranges the IOMMU accepts, and the errors a person can act on.
-import { ClosedError, KernelError, NoRouteError, StepError, UsageError } from '../errors.js';
+// The DMA mappings of one IOMMU context, on either route: which memory (a DMA buffer, or another
+// device's BAR for peer-to-peer DMA) sits at which IOVA, an IOVA allocator inside the ranges the IOMMU
+// accepts, and the errors a person can act on.
+import { ClosedError, KernelError, NoRouteError, StepError, UnsupportedError, UsageError } from '../errors.js';
 import type { RouteName } from '../routes/names.js';
 import type { Kernel } from '../sys/kernel.js';
-import { DmaBuffer, hex, PAGE_SIZE } from './buffer.js';
+import { hex, PAGE_SIZE, type DmaBuffer } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
+import { isDmaMemory, type DmaMemory } from './memory.js';
 
 /** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
 export interface DmaBackend {
@@ -26,7 +28,7 @@ export interface DmaMapOptions {
   limit?: bigint;
   /** the device may read the buffer (default true) */
   readable?: boolean;
-  /** the device may write the buffer (default true) */
+  /** the device may write the buffer (default: true, or false for memory mapped read-only into the process) */
   writable?: boolean;
 }
 
@@ -40,14 +42,15 @@ export interface RawMap {
 }
 
 /** A batch entry with its own options (mapBatch). */
-export interface DmaBatchEntry extends DmaMapOptions {
-  buffer: DmaBuffer;
+export interface DmaBatchEntry<M extends DmaMemory = DmaMemory> extends DmaMapOptions {
+  buffer: M;
 }
 
-export interface DmaMapping {
+/** What is mapped where: `buffer` is the DMA buffer, or the region mapping of a peer-to-peer map. */
+export interface DmaMapping<M extends DmaMemory = DmaMemory> {
   iova: bigint;
   size: bigint;
-  buffer: DmaBuffer;
+  buffer: M;
   readable: boolean;
   writable: boolean;
 }
@@ -94,12 +97,12 @@ export class DmaMappings {
     return [...this.byIova.values()].sort((a, b) => (a.iova < b.iova ? -1 : 1));
   }
 
-  map(buffer: DmaBuffer, options: DmaMapOptions = {}): DmaMapping {
+  map<M extends DmaMemory>(buffer: M, options: DmaMapOptions = {}): DmaMapping<M> {
     this.checkAvailable();
     const mapping = this.plan(buffer, options);
     const { iova, size } = mapping;
     try {
-      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, mapping.readable, mapping.writable), () => `${size} bytes at IOVA ${hex(iova)}`, size);
+      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, mapping.readable, mapping.writable), () => `${size} bytes at IOVA ${hex(iova)}`, size, buffer);
     } catch (e) {
       this.allocator.free(iova);
       this.known = false; // whatever the kernel objected to, the next map asks it afresh
@@ -114,13 +117,13 @@ export class DmaMappings {
    * any is refused, those mapped before it are unmapped again and nothing stays mapped. Each entry is
    * a buffer or { buffer, ...its own options }; `defaults` apply to every entry.
    */
-  mapBatch(entries: readonly (DmaBuffer | DmaBatchEntry)[], defaults: DmaMapOptions = {}): DmaMapping[] {
+  mapBatch<M extends DmaMemory = DmaBuffer>(entries: readonly (M | DmaBatchEntry<M>)[], defaults: DmaMapOptions = {}): DmaMapping<M>[] {
     this.checkAvailable();
-    const planned: DmaMapping[] = [];
+    const planned: DmaMapping<M>[] = [];
     try {
       for (let i = 0; i < entries.length; i++) {
         const entry = entries[i]!;
-        planned.push(entry instanceof DmaBuffer ? this.plan(entry, defaults, i) : this.plan(entry.buffer, { ...defaults, ...entry }, i));
+        planned.push(isDmaMemory(entry) ? this.plan(entry, defaults, i) : this.plan((entry as DmaBatchEntry<M>).buffer, { ...defaults, ...entry }, i));
       }
     } catch (e) {
       for (const m of planned) this.allocator.free(m.iova);
@@ -136,7 +139,7 @@ export class DmaMappings {
           failed = e instanceof StepError ? (e.index ?? 0) : 0;
           throw e;
         }
-      }, () => `entry ${failed} of the batch of ${planned.length} (${planned[failed]!.size} bytes at IOVA ${hex(planned[failed]!.iova)})`, planned[failed]?.size);
+      }, () => `entry ${failed} of the batch of ${planned.length} (${planned[failed]!.size} bytes at IOVA ${hex(planned[failed]!.iova)})`, planned[failed]?.size, () => planned[failed]?.buffer);
     } catch (e) {
       // all or nothing: take out what the kernel mapped before the refusal
       const stuck = this.unmapRuns(planned.slice(0, failed), () => {});
@@ -189,16 +192,21 @@ export class DmaMappings {
   }
 
   /** Checks a buffer and its options and reserves its IOVA; `entry` names it in a batch's errors. */
-  private plan(buffer: DmaBuffer, options: DmaMapOptions, entry?: number): DmaMapping {
+  private plan<M extends DmaMemory>(buffer: M, options: DmaMapOptions, entry?: number): DmaMapping<M> {
     const which = entry === undefined ? '' : `batch entry ${entry}: `;
-    if (!(buffer instanceof DmaBuffer)) {
+    if (!isDmaMemory(buffer)) {
       // an ordinary Buffer may share its pages with other data, and the garbage collector may free it
-      throw new UsageError(`${which}only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved)`);
+      throw new UsageError(`${which}only buffers from allocDmaBuffer() can be mapped for DMA (page-aligned, pinned, never moved), or a device's region mapping (peer-to-peer)`);
     }
-    if (options.readable === false && options.writable === false) {
+    const readable = options.readable ?? true;
+    const writable = options.writable ?? buffer.writable;
+    if (writable && !buffer.writable) {
+      throw new UsageError(`${which}${buffer.description} is mapped read-only into this process, so a device may only read it: map it with writable: false, or map the region writable`);
+    }
+    if (!readable && !writable) {
       throw new UsageError(`${which}a DMA mapping the device may neither read nor write is no mapping`);
     }
-    if (buffer.freed) throw new ClosedError(`${which}cannot map a freed DMA buffer`);
+    if (buffer.freed) throw new ClosedError(`${which}cannot map ${buffer.kind === 'ram' ? 'a freed DMA buffer' : `${buffer.description}: it is closed`}`);
     const allocator = this.geometry();
     const size = BigInt(buffer.size);
     // a 2 MiB-aligned buffer of 2 MiB or more (huge pages, or THP from allocDma) gets a 2 MiB-aligned
@@ -225,12 +233,14 @@ export class DmaMappings {
       }
       iova = found;
     }
-    return { iova, size, buffer, readable: options.readable ?? true, writable: options.writable ?? true };
+    return { iova, size, buffer, readable, writable };
   }
 
-  /** Records a mapping the kernel made. */
+  /** Records a mapping the kernel made; the memory may revoke it (a BAR mapping closing with its device). */
   private commit(mapping: DmaMapping): void {
-    mapping.buffer.retain();
+    mapping.buffer.retain(mapping, () => {
+      if (this.byIova.get(mapping.iova) === mapping) this.unmap(mapping);
+    });
     this.byIova.set(mapping.iova, mapping);
   }
 
@@ -253,7 +263,7 @@ export class DmaMappings {
   private forget(m: DmaMapping): void {
     this.byIova.delete(m.iova);
     this.allocator.free(m.iova);
-    m.buffer.release();
+    m.buffer.release(m);
   }
 
   private checkAvailable(): void {
@@ -267,15 +277,24 @@ export class DmaMappings {
 
   /**
    * Runs a raw DMA step; turns the kernel's errno into what a person can act on. `describe` names what
-   * was mapped, built only on failure (this is the hot path of a VMM mapping page by page).
+   * was mapped, built only on failure (this is the hot path of a VMM mapping page by page), as is
+   * `memory`, what a map was of.
    */
-  private explainFailure<T>(fn: () => T, describe: () => string, size?: bigint): T {
+  private explainFailure<T>(fn: () => T, describe: () => string, size?: bigint, memory?: DmaMemory | (() => DmaMemory | undefined)): T {
     try {
       return fn();
     } catch (e) {
       if (!(e instanceof StepError)) throw e;
       const what = describe();
       const base = e.details();
+      const of = typeof memory === 'function' ? memory() : memory;
+      if (of?.kind === 'mmio' && e.errno === 'EFAULT' && this.backend.route === 'iommufd') {
+        // iopt_map_user_pages pins with pin_user_pages(), which refuses VM_PFNMAP (MMIO) ranges
+        return fail(new UnsupportedError(
+          `cannot map ${of.description} (${what}) for peer-to-peer DMA on the ${this.backend.route} route: iommufd in this kernel cannot map a device's MMIO (IOMMU_IOAS_MAP of a PFNMAP range answers EFAULT)`,
+          { ...base, hint: "bind with route 'legacy' (a type1 container maps BARs for peer-to-peer DMA)" },
+        ));
+      }
       if (e.errno === 'ENOMEM' && size !== undefined) {
         const limit = this.memlock();
         return fail(new KernelError(

@@ -5,6 +5,7 @@ import { ClosedError, DeviceBusyError, type VfioError } from '../errors.js';
 import type { RouteName } from './names.js';
 import type { PassedFds } from './passed-fds.js';
 import type { DmaBuffer } from '../dma/buffer.js';
+import type { DmaMemory } from '../dma/memory.js';
 import type { IovaRange } from '../dma/iova.js';
 import { DmaMappings, type DmaBackend, type DmaBatchEntry, type DmaMapOptions, type DmaMapping, type RawMap } from '../dma/mappings.js';
 import type { DeviceLocation } from '../discovery/locate.js';
@@ -124,8 +125,12 @@ export abstract class IommuContext implements Disposable, DmaBackend {
     return (this.dmaState ??= new DmaMappings(this, this.kernel));
   }
 
-  /** Maps a DMA buffer (from allocDmaBuffer) for every device of the context; the context keeps it alive until unmapped. */
-  map(buffer: DmaBuffer, options?: DmaMapOptions): DmaMapping {
+  /**
+   * Maps a DMA buffer (from allocDmaBuffer) for every device of the context; the context keeps it
+   * alive until unmapped. A region mapping of another device (its BAR) maps too, for peer-to-peer DMA
+   * (legacy route only: iommufd cannot map MMIO); closing that device takes the mapping out first.
+   */
+  map<M extends DmaMemory = DmaBuffer>(buffer: M, options?: DmaMapOptions): DmaMapping<M> {
     return this.dma.map(buffer, options);
   }
 
@@ -138,7 +143,7 @@ export abstract class IommuContext implements Disposable, DmaBackend {
    * Maps many buffers in one call, all or nothing: if the kernel refuses one, those before it are
    * unmapped again and the error names the entry. Entries are buffers or { buffer, ...options }.
    */
-  mapBatch(entries: readonly (DmaBuffer | DmaBatchEntry)[], defaults?: DmaMapOptions): DmaMapping[] {
+  mapBatch<M extends DmaMemory = DmaBuffer>(entries: readonly (M | DmaBatchEntry<M>)[], defaults?: DmaMapOptions): DmaMapping<M>[] {
     return this.dma.mapBatch(entries, defaults);
   }
 

@@ -193,7 +193,7 @@ export function type1Map(s: FakeState, c: ContainerState, arg: Arg): number {
   if (c.dmaAvail === 0) throw ioctlError('ENOSPC');
   // vfio_iommu_iova_dma_valid: inside one range (an empty list, as with only an mdev, accepts all)
   if (g.ranges.length > 0 && !g.ranges.some((r) => m.iova >= r.start && m.iova + m.size - 1n <= r.last)) throw ioctlError('EINVAL');
-  const area = pinArea(s, m.vaddr, m.iova, m.size, (prot & VFIO_DMA_MAP_FLAG.READ) !== 0, (prot & VFIO_DMA_MAP_FLAG.WRITE) !== 0, g.domain);
+  const area = pinArea(s, m.vaddr, m.iova, m.size, (prot & VFIO_DMA_MAP_FLAG.READ) !== 0, (prot & VFIO_DMA_MAP_FLAG.WRITE) !== 0, g.domain, true);
   insertArea(c.areas, area);
   c.dmaAvail--;
   return 0;

@@ -144,14 +144,18 @@ export function writeLE(b: Uint8Array, at: number, width: number, value: bigint)
 // IOMMU mappings (the IOAS's iopt_areas, the container's vfio_dmas)
 
 /**
- * The pages behind [vaddr, vaddr+length): memory this process mapped with allocDma, or EFAULT (the
- * fake pins DMA buffers only, not device mmaps). They are charged against RLIMIT_MEMLOCK once an
- * IOMMU domain needs them pinned, unless this process has CAP_IPC_LOCK.
+ * The pages behind [vaddr, vaddr+length): memory this process mapped with allocDma, or EFAULT. They are
+ * charged against RLIMIT_MEMLOCK once an IOMMU domain needs them pinned, unless this process has
+ * CAP_IPC_LOCK. `pfnmap` (type1's vaddr_get_pfns) also takes a device's region mmap (a VM_PFNMAP range:
+ * peer-to-peer DMA), faulting it in as follow_fault_pfn does: EFAULT for a write through a read-only
+ * mapping or while the device's memory decoding is off (vfio-pci's fault handler answers SIGBUS), and
+ * never charged (MMIO pfns are not RAM). iommufd's pin_user_pages refuses such ranges: EFAULT.
  */
-export function pinArea(s: FakeState, vaddr: bigint, iova: bigint, length: bigint, readable: boolean, writable: boolean, domain: boolean): DmaArea {
-  const mem = [...s.memList].find((x) => x.mapped && x.kind === 'dma' && vaddr >= x.address && vaddr + length <= x.address + BigInt(x.length));
+export function pinArea(s: FakeState, vaddr: bigint, iova: bigint, length: bigint, readable: boolean, writable: boolean, domain: boolean, pfnmap = false): DmaArea {
+  const mem = [...s.memList].find((x) => x.mapped && (x.kind === 'dma' || (pfnmap && x.kind === 'region')) && vaddr >= x.address && vaddr + length <= x.address + BigInt(x.length));
   if (!mem) throw ioctlError('EFAULT');
-  const charge = domain && !s.ipcLock ? length : 0n;
+  if (mem.region && ((writable && !mem.region.writable) || !memoryDecoding(mem.region.device))) throw ioctlError('EFAULT');
+  const charge = mem.kind === 'dma' && domain && !s.ipcLock ? length : 0n;
   if (charge > 0n && s.pinned + charge > BigInt(Math.min(s.memlockLimit.soft, Number.MAX_SAFE_INTEGER))) throw ioctlError('ENOMEM');
   s.pinned += charge;
   mem.pins++;
@@ -202,6 +206,8 @@ export function userMemory(s: FakeState, address: bigint, length: number): Buffe
 
 /** PCI_COMMAND_MASTER in the device's config space */
 export const busMaster = (dev: DeviceState): boolean => (dev.config.readUInt16LE(0x04) & 0x4) !== 0;
+/** PCI_COMMAND_MEMORY: the device answers accesses to its memory BARs */
+const memoryDecoding = (dev: DeviceState): boolean => (dev.config.readUInt16LE(0x04) & 0x2) !== 0;
 
 /** The mappings the device's DMA goes through, or why there are none. */
 function dmaDomain(dev: DeviceState): DmaArea[] | DmaFault['reason'] {
@@ -259,14 +265,33 @@ export function deviceDma(s: FakeState, dev: DeviceState, iova: bigint, buf: Buf
   }
   let done = 0;
   for (const p of t) {
-    const memory = new Uint8Array(p.mem.pages!, p.at, p.n);
-    if (write) memory.set(buf.subarray(done, done + p.n));
-    else buf.set(memory, done);
+    if (p.mem.region) peerAccess(s, p.mem, p.at, buf.subarray(done, done + p.n), write);
+    else {
+      const memory = new Uint8Array(p.mem.pages!, p.at, p.n);
+      if (write) memory.set(buf.subarray(done, done + p.n));
+      else buf.set(memory, done);
+    }
     done += p.n;
   }
   if (write) markDirty(dev, iova, BigInt(buf.length));
   s.dmaTransfers.push({ device: dev.name, iova, length: buf.length, write });
   return true;
+}
+
+/**
+ * A DMA that the IOMMU translated to another device's BAR (peer-to-peer): it reaches that device's
+ * registers as 4-byte accesses where aligned, bytes elsewhere. A device with memory decoding off does
+ * not answer: writes are dropped, reads see all ones (a master abort).
+ */
+function peerAccess(s: FakeState, mem: MemMapping, at: number, data: Buffer, write: boolean): void {
+  const r = mem.region!;
+  const decoding = memoryDecoding(r.device);
+  for (let i = 0; i < data.length;) {
+    const width = (r.at + at + i) % 4 === 0 && data.length - i >= 4 ? 4 : 1;
+    if (write && decoding) barWrite(s, r.device, r.index, r.at + at + i, width, readLE(data, i, width));
+    else if (!write) writeLE(data, i, width, decoding ? barRead(r.device, r.index, r.at + at + i, width) : (1n << BigInt(8 * width)) - 1n);
+    i += width;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

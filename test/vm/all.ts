@@ -19,6 +19,7 @@ import './mdev.test.js';
 import './migration.test.js';
 import './dma-logging.test.js';
 import './dma-batch.test.js';
+import './dma-p2p.test.js';
 import './type1-dirty.test.js';
 import './hwpt.test.js';
 import './device.test.js';

@@ -1,0 +1,36 @@
+// What an IOMMU context can map for a device's DMA: a DMA buffer (RAM from allocDmaBuffer) or a
+// region mapping of another device (its BAR's MMIO, for peer-to-peer DMA). Both register here, so
+// that the mapping code accepts them without importing the device layer, and refuses anything else.
+export interface DmaMemory {
+  /** 'ram': a DMA buffer; 'mmio': a device's BAR mapped into the process */
+  readonly kind: 'ram' | 'mmio';
+  /** the virtual address the IOMMU maps from */
+  readonly address: bigint;
+  /** bytes, a multiple of pageSize */
+  readonly size: number;
+  readonly pageSize: number;
+  /** freed (a buffer) or closed (a region mapping): it can no longer be mapped */
+  readonly freed: boolean;
+  /** the process may write it, so a device may too (a read-only BAR mapping: only read) */
+  readonly writable: boolean;
+  /** what it is, for error messages */
+  readonly description: string;
+  /**
+   * A context maps it. `revoke` unmaps that mapping again: memory that goes away under a mapping (a
+   * BAR mapping closed with its device) calls it first, so no device keeps DMA access to it.
+   */
+  retain(holder: object, revoke: () => void): void;
+  /** That context unmapped it. */
+  release(holder: object): void;
+}
+
+const registered = new WeakSet<object>();
+
+/** Marks an object as memory the IOMMU may map (called by its constructor). */
+export function registerDmaMemory(memory: DmaMemory): void {
+  registered.add(memory);
+}
+
+export function isDmaMemory(x: unknown): x is DmaMemory {
+  return typeof x === 'object' && x !== null && registered.has(x);
+}
