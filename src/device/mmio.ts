@@ -5,12 +5,12 @@
 // A mapping is also memory another device's DMA can target (peer-to-peer): a context maps it like a
 // DMA buffer. It holds the contexts that do, so that it never goes away under their mappings.
 import { hex, PAGE_SIZE } from '../dma/buffer.js';
-import { registerDmaMemory, type DmaMemory } from '../dma/memory.js';
+import { MappableMemory, type DmaMemory } from '../dma/memory.js';
 import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
 import type { RegionInfo } from './regions.js';
 
-export class RegionMapping implements DmaMemory, Disposable {
+export class RegionMapping extends MappableMemory implements DmaMemory, Disposable {
   readonly kind = 'mmio';
   readonly pageSize = PAGE_SIZE;
   /** the virtual address of the mapping: what a peer-to-peer DMA map takes */
@@ -32,9 +32,9 @@ export class RegionMapping implements DmaMemory, Disposable {
     /** the device's name, for messages */
     private readonly deviceName = '',
   ) {
+    super();
     this.memory = memory;
     this.address = kernel.addressOf(memory);
-    registerDmaMemory(this);
   }
 
   get description(): string {

@@ -3,7 +3,7 @@
 // memory the device still writes to. A mapped buffer stays alive until every context unmaps it.
 import { ClosedError, KernelError, UsageError } from '../errors.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
-import { registerDmaMemory, type DmaMemory } from './memory.js';
+import { MappableMemory, type DmaMemory } from './memory.js';
 
 export const PAGE_SIZE = 4096;
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
@@ -13,7 +13,7 @@ export interface DmaBufferOptions {
   hugePages?: boolean;
 }
 
-export class DmaBuffer implements DmaMemory, Disposable {
+export class DmaBuffer extends MappableMemory implements DmaMemory, Disposable {
   readonly kind = 'ram';
   /** a device may always write its DMA buffers (a mapping may still be read-only: map({ writable: false })) */
   readonly writable = true;
@@ -27,11 +27,11 @@ export class DmaBuffer implements DmaMemory, Disposable {
 
   /** @internal use allocDmaBuffer() */
   constructor(private readonly kernel: Kernel, memory: ArrayBuffer, hugePages: boolean) {
+    super();
     this.memory = memory;
     this.size = memory.byteLength;
     this.hugePages = hugePages;
     this.address = kernel.addressOf(memory);
-    registerDmaMemory(this);
   }
 
   get description(): string {
