@@ -18,12 +18,20 @@ function twoEdus(route: RouteName, kernel: 'stock' | 'iommufd' = route === 'lega
   const ctx = createContext(route, { kernel: k });
   const a = openDevice(EDU, { kernel: k, context: ctx });
   const b = openDevice(TESTDEV, { kernel: k, route });
-  return { k, ctx, a, b };
+  /** closes both devices and the context, frees `buffers`, and checks that nothing is left */
+  const finish = (...buffers: { free(): void }[]): void => {
+    a.close();
+    b.close();
+    ctx.close();
+    for (const buffer of buffers) buffer.free();
+    assertClean(k);
+  };
+  return { k, ctx, a, b, finish };
 }
 
 describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
   test('edu A writes X into edu B\'s register 0x04 through B\'s BAR mapping; B reads back ~X', async () => {
-    const { k, ctx, a, b } = twoEdus('legacy');
+    const { k, ctx, a, b, finish } = twoEdus('legacy');
     const ram = allocDmaBuffer(4096, { kernel: k });
     a.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
     b.setCommand(PCI_COMMAND.MEMORY);
@@ -42,15 +50,11 @@ describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
     assert.deepEqual(k.dmaFaults, []);
     ctx.unmap(peer);
     assert.equal(barB.mappings, 0);
-    a.close();
-    b.close();
-    ctx.close();
-    ram.free();
-    assertClean(k);
+    finish(ram);
   });
 
   test('a read-only BAR mapping maps read-only by default; asking for writable is a usage error', () => {
-    const { k, ctx, a, b } = twoEdus('legacy');
+    const { k, ctx, a, b, finish } = twoEdus('legacy');
     b.setCommand(PCI_COMMAND.MEMORY);
     const ro = b.mapRegion('BAR0', { writable: false });
     const e = catchError(() => ctx.map(ro, { writable: true }), UsageError);
@@ -60,14 +64,11 @@ describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
     const m = ctx.map(ro);
     assert.equal(m.writable, false);
     ctx.unmap(m);
-    a.close();
-    b.close();
-    ctx.close();
-    assertClean(k);
+    finish();
   });
 
   test('with B\'s memory decoding off the kernel cannot fault the BAR in: a KernelError (EFAULT), nothing mapped', () => {
-    const { k, ctx, a, b } = twoEdus('legacy');
+    const { k, ctx, a, b, finish } = twoEdus('legacy');
     b.setCommand(PCI_COMMAND.MEMORY);
     const bar = b.mapRegion('BAR0');
     b.setCommand(0, PCI_COMMAND.MEMORY);
@@ -75,14 +76,11 @@ describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
     assert.equal(e.errno, 'EFAULT');
     assert.deepEqual(ctx.mappings(), []);
     assert.equal(bar.mappings, 0);
-    a.close();
-    b.close();
-    ctx.close();
-    assertClean(k);
+    finish();
   });
 
   test('the BAR mapping cannot be closed under a DMA mapping; closing its device takes the mapping out first', () => {
-    const { k, ctx, a, b } = twoEdus('legacy');
+    const { k, ctx, a, b, finish } = twoEdus('legacy');
     b.setCommand(PCI_COMMAND.MEMORY);
     const bar = b.mapRegion('BAR0');
     const peer = ctx.map(bar);
@@ -96,13 +94,11 @@ describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
     assert.deepEqual(k.iommuMappings(), [], 'and the kernel no longer maps it: A cannot reach B\'s BAR after B is gone');
     assert.throws(() => ctx.unmap(peer), UsageError);
     catchError(() => ctx.map(bar), ClosedError);
-    a.close();
-    ctx.close();
-    assertClean(k);
+    finish();
   });
 
   test('mapBatch takes RAM and a BAR together; closing the context releases the BAR mapping', () => {
-    const { k, ctx, a, b } = twoEdus('legacy');
+    const { k, ctx, a, b, finish } = twoEdus('legacy');
     b.setCommand(PCI_COMMAND.MEMORY);
     const bar = b.mapRegion('BAR0');
     const ram = allocDmaBuffer(4096, { kernel: k });
@@ -113,15 +109,13 @@ describe('peer-to-peer DMA (legacy route: type1 maps a BAR)', () => {
     ctx.close();
     assert.equal(bar.mappings, 0, 'the closed context dropped its hold');
     bar.close();
-    b.close();
-    ram.free();
-    assertClean(k);
+    finish(ram);
   });
 });
 
 describe('peer-to-peer DMA on the iommufd route', () => {
   test('IOAS_MAP of a BAR answers EFAULT: an UnsupportedError that names the limitation and the legacy route', () => {
-    const { k, ctx, a, b } = twoEdus('iommufd');
+    const { k, ctx, a, b, finish } = twoEdus('iommufd');
     b.setCommand(PCI_COMMAND.MEMORY);
     const bar = b.mapRegion('BAR0');
     const e = catchError(() => ctx.map(bar), UnsupportedError);
@@ -135,22 +129,15 @@ describe('peer-to-peer DMA on the iommufd route', () => {
     const eb = catchError(() => ctx.mapBatch([ram, bar]), UnsupportedError);
     assert.ok(eb.message.includes(`entry 1 of the batch of 2`) && eb.message.includes(`the mapping of BAR0 of ${TESTDEV}`), eb.message);
     assert.deepEqual(k.iommuMappings(), []);
-    a.close();
-    b.close();
-    ctx.close();
-    ram.free();
-    assertClean(k);
+    finish(ram);
   });
 
   test('an EFAULT for RAM stays a KernelError (only MMIO is the limitation)', () => {
-    const { k, ctx, a, b } = twoEdus('iommufd');
+    const { k, ctx, a, b, finish } = twoEdus('iommufd');
     const ram = allocDmaBuffer(4096, { kernel: k });
     k.unmap(ram.arrayBuffer); // behind the library's back: the kernel cannot pin it
     const e = catchError(() => ctx.map(ram), KernelError);
     assert.equal(e.errno, 'EFAULT');
-    a.close();
-    b.close();
-    ctx.close();
-    assertClean(k);
+    finish();
   });
 });
