@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadAddon } from '../src/sys/native-kernel.js';
+import { dmaLibraryCost } from './host-dma.js';
 import { median, ratioLine } from './stats.js';
 
 const root = path.resolve(import.meta.dirname, '../..');
@@ -73,6 +74,7 @@ function startup(): string {
 console.log(`vfio-bind benchmarks, ${new Date().toISOString()}, node ${process.version}, ${os.cpus().length} cpus`);
 console.log(ioctlCost());
 console.log(startup());
+console.log(dmaLibraryCost());
 if (!process.argv.includes('--host')) {
   console.log('in a test-bed guest (iommufd-6.12-intel; every syscall is emulated by TCG):');
   // The guest of matrix.sh's iommufd-6.12-intel case, booted here because the DMA benchmarks need more
