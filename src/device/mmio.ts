@@ -5,7 +5,7 @@
 // A mapping is also memory another device's DMA can target (peer-to-peer): a context maps it like a
 // DMA buffer. It holds the contexts that do, so that it never goes away under their mappings.
 import { hex, PAGE_SIZE } from '../dma/buffer.js';
-import { MappableMemory, type DmaMemory } from '../dma/memory.js';
+import { MappableMemory, type DmaMemory, type DmaRevoker } from '../dma/memory.js';
 import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
 import type { RegionInfo } from './regions.js';
@@ -17,8 +17,8 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
   readonly address: bigint;
   private memory: ArrayBuffer | null;
   private closedBy: (() => VfioError) | null = null;
-  /** the DMA mappings of this memory, each with what unmaps it */
-  private readonly dmaHolders = new Map<object, () => void>();
+  /** the DMA mappings of this memory, each with the context that can take it out */
+  private readonly dmaHolders = new Map<object, DmaRevoker>();
 
   /** @internal use VfioDevice.mapRegion() */
   constructor(
@@ -51,13 +51,13 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
   }
 
   /** @internal a context maps it for DMA */
-  retain(holder: object, revoke: () => void): void {
+  retain(mapping: object, owner: DmaRevoker): void {
     this.live();
-    this.dmaHolders.set(holder, revoke);
+    this.dmaHolders.set(mapping, owner);
   }
   /** @internal that context unmapped it */
-  release(holder: object): void {
-    this.dmaHolders.delete(holder);
+  release(mapping: object): void {
+    this.dmaHolders.delete(mapping);
   }
 
   get size(): number {
@@ -120,9 +120,9 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
     if (!this.memory) return;
     if (this.dmaHolders.size > 0) {
       if (!why) throw new UsageError(`${this.description} is still mapped for DMA (${this.dmaHolders.size} mapping(s)): unmap it first`);
-      for (const revoke of [...this.dmaHolders.values()]) {
+      for (const [mapping, owner] of [...this.dmaHolders]) {
         try {
-          revoke();
+          owner.revoke(mapping);
         } catch {
           // the device is closing either way; a mapping the kernel would not take out stays until its context closes
         }

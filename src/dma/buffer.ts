@@ -3,7 +3,7 @@
 // memory the device still writes to. A mapped buffer stays alive until every context unmaps it.
 import { ClosedError, KernelError, UsageError } from '../errors.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
-import { MappableMemory, type DmaMemory } from './memory.js';
+import { MappableMemory, type DmaMemory, type DmaRevoker } from './memory.js';
 
 export const PAGE_SIZE = 4096;
 export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
@@ -63,12 +63,12 @@ export class DmaBuffer extends MappableMemory implements DmaMemory, Disposable {
   }
 
   /** @internal a context maps it (a buffer never goes away under a mapping: free() refuses) */
-  retain(_holder: object, _revoke: () => void): void {
+  retain(_mapping: object, _owner: DmaRevoker): void {
     if (!this.memory) throw new ClosedError('the DMA buffer was freed');
     this.mapCount++;
   }
   /** @internal a context unmapped it */
-  release(_holder: object): void {
+  release(_mapping: object): void {
     this.mapCount = Math.max(0, this.mapCount - 1);
   }
 

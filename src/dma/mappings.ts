@@ -6,7 +6,7 @@ import type { RouteName } from '../routes/names.js';
 import type { Kernel } from '../sys/kernel.js';
 import { hex, PAGE_SIZE, type DmaBuffer } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
-import { isDmaMemory, type DmaMemory } from './memory.js';
+import { isDmaMemory, type DmaMemory, type DmaRevoker } from './memory.js';
 
 /** What a route provides for DMA: the raw map and unmap ioctls and the IOMMU's geometry. */
 export interface DmaBackend {
@@ -57,7 +57,7 @@ export interface DmaMapping<M extends DmaMemory = DmaMemory> {
 
 const HUGE_PAGE_BYTES = 2n << 20n;
 
-export class DmaMappings {
+export class DmaMappings implements DmaRevoker {
   private readonly allocator = new IovaAllocator([]);
   private alignment = 4096n;
   private readonly byIova = new Map<bigint, DmaMapping>();
@@ -102,7 +102,7 @@ export class DmaMappings {
     const mapping = this.plan(buffer, options);
     const { iova, size } = mapping;
     try {
-      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, mapping.readable, mapping.writable), () => `${size} bytes at IOVA ${hex(iova)}`, size, buffer);
+      this.explainFailure(() => this.backend.mapRaw(buffer.address, iova, size, mapping.readable, mapping.writable), () => `${size} bytes at IOVA ${hex(iova)}`, size, () => buffer);
     } catch (e) {
       this.allocator.free(iova);
       this.known = false; // whatever the kernel objected to, the next map asks it afresh
@@ -238,10 +238,14 @@ export class DmaMappings {
 
   /** Records a mapping the kernel made; the memory may revoke it (a BAR mapping closing with its device). */
   private commit(mapping: DmaMapping): void {
-    mapping.buffer.retain(mapping, () => {
-      if (this.byIova.get(mapping.iova) === mapping) this.unmap(mapping);
-    });
+    mapping.buffer.retain(mapping, this); // no closure per map: this is the hot path
     this.byIova.set(mapping.iova, mapping);
+  }
+
+  /** @internal the memory behind `mapping` is going away: unmap it if this context still maps it */
+  revoke(mapping: object): void {
+    const m = mapping as DmaMapping;
+    if (this.byIova.get(m.iova) === m) this.unmap(m);
   }
 
   /** Unmaps through the backend, or through `raw` (an unmap that also reads a dirty bitmap). */
@@ -280,14 +284,14 @@ export class DmaMappings {
    * was mapped, built only on failure (this is the hot path of a VMM mapping page by page), as is
    * `memory`, what a map was of.
    */
-  private explainFailure<T>(fn: () => T, describe: () => string, size?: bigint, memory?: DmaMemory | (() => DmaMemory | undefined)): T {
+  private explainFailure<T>(fn: () => T, describe: () => string, size?: bigint, memory?: () => DmaMemory | undefined): T {
     try {
       return fn();
     } catch (e) {
       if (!(e instanceof StepError)) throw e;
       const what = describe();
       const base = e.details();
-      const of = typeof memory === 'function' ? memory() : memory;
+      const of = memory?.();
       if (of?.kind === 'mmio' && e.errno === 'EFAULT' && this.backend.route === 'iommufd') {
         // iopt_map_user_pages pins with pin_user_pages(), which refuses VM_PFNMAP (MMIO) ranges
         return fail(new UnsupportedError(

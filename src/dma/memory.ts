@@ -16,12 +16,17 @@ export interface DmaMemory {
   /** what it is, for error messages */
   readonly description: string;
   /**
-   * A context maps it. `revoke` unmaps that mapping again: memory that goes away under a mapping (a
-   * BAR mapping closed with its device) calls it first, so no device keeps DMA access to it.
+   * A context maps it (`mapping`). Memory that goes away under a mapping (a BAR mapping closed with its
+   * device) calls `owner.revoke(mapping)` first, so no device keeps DMA access to it.
    */
-  retain(holder: object, revoke: () => void): void;
+  retain(mapping: object, owner: DmaRevoker): void;
   /** That context unmapped it. */
-  release(holder: object): void;
+  release(mapping: object): void;
+}
+
+/** What holds a mapping and can take it out again (a context's DmaMappings). */
+export interface DmaRevoker {
+  revoke(mapping: object): void;
 }
 
 /**
