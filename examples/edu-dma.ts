@@ -46,11 +46,15 @@ async function dma(bar: RegionMapping, src: bigint, dst: bigint, count: number, 
   bar.write64(EDU_DMA_SRC, src);
   bar.write64(EDU_DMA_DST, dst);
   bar.write64(EDU_DMA_COUNT, BigInt(count));
+  // what was written into the source buffer reaches memory before edu sees the doorbell (arm64 needs it)
+  bar.dmaWriteBarrier();
   bar.write64(EDU_DMA_CMD, cmd | DMA_START);
   for (let waited = 0; (bar.read64(EDU_DMA_CMD) & DMA_START) !== 0n; waited += 10) {
     if (waited > 10_000) throw new Error('edu did not finish the DMA within 10 s');
     await new Promise((r) => setTimeout(r, 10));
   }
+  // reads of the target buffer come after the status said done
+  bar.dmaReadBarrier();
 }
 
 const device = openDevice(spec, { route });

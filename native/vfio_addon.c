@@ -489,6 +489,44 @@ static napi_value js_mmio_write(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/*
+ * dmaWriteBarrier(): stores made before it (to DMA buffers) reach memory before any MMIO store after
+ * it (a doorbell) reaches the device, as the kernel's dma_wmb() before a writel(). On x86 stores are
+ * not reordered with other stores, so this is a compiler barrier plus sfence, which also covers
+ * write-combining and non-temporal stores; on arm64 it is dmb oshst (the outer-shareable domain,
+ * where a device's DMA observes memory), which JavaScript's own atomics (inner-shareable) never emit.
+ * dmaReadBarrier(): loads after it (from DMA buffers) are not satisfied before an MMIO load before it
+ * (a status register saying the DMA is done), as dma_rmb(): lfence / dmb oshld.
+ * Being a call out of JavaScript, each is also a point no JIT moves a load or store across.
+ */
+static napi_value js_dma_write_barrier(napi_env env, napi_callback_info info)
+{
+	(void)env;
+	(void)info;
+#if defined(__x86_64__) || defined(__i386__)
+	__asm__ __volatile__("sfence" ::: "memory");
+#elif defined(__aarch64__)
+	__asm__ __volatile__("dmb oshst" ::: "memory");
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+	return NULL;
+}
+
+static napi_value js_dma_read_barrier(napi_env env, napi_callback_info info)
+{
+	(void)env;
+	(void)info;
+#if defined(__x86_64__) || defined(__i386__)
+	__asm__ __volatile__("lfence" ::: "memory");
+#elif defined(__aarch64__)
+	__asm__ __volatile__("dmb oshld" ::: "memory");
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+	return NULL;
+}
+
 /* ---- eventfds ------------------------------------------------------------------------------ */
 
 /* eventfd() -> fd: non-blocking, close-on-exec, counter 0. */
@@ -641,6 +679,8 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "addressOf", NULL, js_address_of, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "mmioRead", NULL, js_mmio_read, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "mmioWrite", NULL, js_mmio_write, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "dmaWriteBarrier", NULL, js_dma_write_barrier, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "dmaReadBarrier", NULL, js_dma_read_barrier, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "eventfd", NULL, js_eventfd, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "watch", NULL, js_watch, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "unwatch", NULL, js_unwatch, NULL, NULL, NULL, napi_enumerable, NULL },

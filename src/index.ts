@@ -68,7 +68,7 @@ export type { RouteName } from './routes/names.js';
 export { ROUTES, visibleRoutes } from './routes/index.js';
 export type { RouteDescriptor } from './routes/route.js';
 export type { RegionInfo } from './device/regions.js';
-export { RegionMapping } from './device/mmio.js';
+export { RegionMapping, type MmioAccessMode } from './device/mmio.js';
 export { IrqSet, IrqVector, type IrqInfo } from './device/irqs.js';
 export { PCI_COMMAND, PCI_CONFIG, type PciIds, type PciCapability } from './device/config.js';
 export { DmaBuffer, PAGE_SIZE, HUGE_PAGE_SIZE, type DmaBufferOptions } from './dma/buffer.js';

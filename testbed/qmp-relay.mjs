@@ -3,7 +3,9 @@
 // /vmrun/host-requests/<id>.json (write a .tmp, then rename); this relay sends it over QEMU's QMP
 // socket and writes QEMU's answer to <id>.reply.json the same way. Every QMP event is appended to
 // RUN_DIR/qmp-events.jsonl (/vmrun/qmp-events.jsonl in the guest). HMP commands go through QMP's
-// human-monitor-command. Exits when QEMU closes the socket.
+// human-monitor-command. "{RUN}" in a command's strings is RUN_DIR on the host (the guest's /vmrun), so
+// that a guest can have QEMU write a file it then reads (HMP logfile, for QEMU's trace). Exits when
+// QEMU closes the socket.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -72,7 +74,7 @@ async function poll() {
     const id = name.slice(0, -'.json'.length);
     let reply;
     try {
-      const command = JSON.parse(fs.readFileSync(path.join(requests, name), 'utf8'));
+      const command = JSON.parse(fs.readFileSync(path.join(requests, name), 'utf8'), (_key, v) => (typeof v === 'string' ? v.replaceAll('{RUN}', runDir) : v));
       log(`request ${id}: ${JSON.stringify(command)}`);
       reply = await send(command);
     } catch (e) {

@@ -16,7 +16,7 @@ import { absentIrq, IrqSet, IrqVector, readIrqInfo, type IrqInfo } from './irqs.
 import { HostChannels, type HostSignal } from './host-requests.js';
 import { DeviceDmaLogging, type DmaLoggingHost } from './dma-logging.js';
 import { DeviceMigration, type MigrationSupport } from './migration.js';
-import { RegionMapping } from './mmio.js';
+import { RegionMapping, type MmioAccessMode } from './mmio.js';
 import { PciFunction } from './pci.js';
 import { absentRegion, checkAccess, readRegionInfo, type RegionInfo } from './regions.js';
 import { hotResetInfo, resetDevice, type HotResetDevice } from './reset.js';
@@ -209,9 +209,13 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
 
   /**
    * Maps an mmap-able region (a BAR) into the process, or one area of a region the kernel lets map
-   * only in parts (sparse mmap). Closed with the device.
+   * only in parts (sparse mmap). Closed with the device. `access: 'call'` keeps every register access
+   * an addon call, where typed-array views would otherwise be used (mapping.access tells which).
    */
-  mapRegion(which: number | string, options: { area?: number; writable?: boolean } = {}): RegionMapping {
+  mapRegion(which: number | string, options: { area?: number; writable?: boolean; access?: MmioAccessMode } = {}): RegionMapping {
+    if (options.access !== undefined && options.access !== 'auto' && options.access !== 'call') {
+      throw new UsageError(`access must be 'auto' or 'call', not ${JSON.stringify(options.access)}`);
+    }
     const region = this.region(which);
     if (!region.mmappable || region.size === 0n) {
       throw new UsageError(`region ${region.name} of ${this.name} cannot be mmapped: use readRegion()/writeRegion()`);
@@ -229,7 +233,7 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
     const writable = options.writable ?? region.writable;
     const memory = this.kernelStep(() => this.calls().run(`mmap ${region.name}`, undefined, () =>
       this.kernel.mmap(this.bound.binding.deviceFd, region.offset + offset, Number(size), writable)));
-    const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m), this.name);
+    const mapping = new RegionMapping(this.kernel, region, offset, memory, writable, (m) => this.regionMappings.delete(m), this.name, options.access);
     this.regionMappings.add(mapping);
     return mapping;
   }

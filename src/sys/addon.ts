@@ -23,6 +23,10 @@ export interface Addon {
   addressOf(buffer: ArrayBuffer): bigint;
   mmioRead(buffer: ArrayBuffer, offset: number, width: number): number | bigint;
   mmioWrite(buffer: ArrayBuffer, offset: number, width: number, value: number | bigint): void;
+  /** stores before it reach memory before MMIO stores after it (x86 sfence, arm64 dmb oshst) */
+  dmaWriteBarrier(): void;
+  /** loads after it are not satisfied before MMIO loads before it (x86 lfence, arm64 dmb oshld) */
+  dmaReadBarrier(): void;
   eventfd(): number;
   watch(fd: number, callback: (err: Error | null, count?: bigint) => void, keepAlive?: boolean): object;
   unwatch(handle: object): void;

@@ -80,6 +80,16 @@ export interface Kernel {
   mmioRead(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4): number;
   mmioRead(buffer: ArrayBuffer, offset: number, width: 8): bigint;
   mmioWrite(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8, value: number | bigint): void;
+  /**
+   * May JavaScript load and store this mapping's registers itself, through typed-array views, or must
+   * each access be an mmioRead/mmioWrite? True only where every width was proven to stay one access of
+   * that width, never merged, dropped or hoisted (src/device/mmio.ts says where).
+   */
+  mmioDirect(buffer: ArrayBuffer): boolean;
+  /** stores before it reach memory before MMIO stores after it reach the device (dma_wmb) */
+  dmaWriteBarrier(): void;
+  /** loads after it are not satisfied before MMIO loads before it (dma_rmb) */
+  dmaReadBarrier(): void;
 
   // Interrupts.
   /** eventfd(2), non-blocking and close-on-exec */

@@ -83,6 +83,14 @@ export class FakeKernel implements Kernel {
   get dmaTransfers(): DmaTransfer[] { return this.s.dmaTransfers; }
   /** every mmioRead/mmioWrite on a device region, in order */
   get mmioLog(): MmioAccess[] { return this.s.mmioLog; }
+  /** every dmaWriteBarrier/dmaReadBarrier, with how many mmioLog entries came before it */
+  get barriers(): { kind: 'write' | 'read'; at: number }[] { return this.s.barriers; }
+  /**
+   * Let RegionMapping read and write plain-memory BARs through its own typed-array views, as on a
+   * real kernel (their accesses then bypass mmioLog and the BAR's backing store). edu's BAR0 always
+   * goes through mmioRead/mmioWrite: its registers are a model, not memory.
+   */
+  set directMmio(on: boolean) { this.s.directMmio = on; }
 
   /** running as root: see HostOptions.root */
   get root(): boolean { return this.s.root; }
@@ -319,6 +327,9 @@ export class FakeKernel implements Kernel {
   mmioRead(buffer: ArrayBuffer, offset: number, width: 8): bigint;
   mmioRead(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8): number | bigint { return memory.mmioRead(this.s, buffer, offset, width); }
   mmioWrite(buffer: ArrayBuffer, offset: number, width: 1 | 2 | 4 | 8, value: number | bigint): void { memory.mmioWrite(this.s, buffer, offset, width, value); }
+  mmioDirect(buffer: ArrayBuffer): boolean { return memory.mmioDirect(this.s, buffer); }
+  dmaWriteBarrier(): void { this.s.barriers.push({ kind: 'write', at: this.s.mmioLog.length }); }
+  dmaReadBarrier(): void { this.s.barriers.push({ kind: 'read', at: this.s.mmioLog.length }); }
 
   eventfd(): number { return run(this.s, { call: 'eventfd' }, () => irqs.eventfd(this.s)); }
   watch(fd: number, callback: (err: Error | null, count?: bigint) => void, options: { keepAlive?: boolean } = {}): object {

@@ -6,7 +6,7 @@
 // And the fake IOMMU: the mappings of an IOAS or a type1 container pin the pages behind them
 // (RLIMIT_MEMLOCK unless CAP_IPC_LOCK), and a device's DMA is translated through the mappings of the
 // domain it is attached to. A DMA to an unmapped IOVA is recorded in dmaFaults and copies nothing.
-import { VFIO_NOIOMMU_IOMMU } from '../../src/uapi/vfio.js';
+import { VFIO_NOIOMMU_IOMMU, VFIO_PCI_REGION } from '../../src/uapi/vfio.js';
 import { releaseDeviceFile } from './device.js';
 import { ioctlError, sysError } from './errno.js';
 import { barRead, barWrite } from './regions.js';
@@ -86,6 +86,12 @@ export function mmioWrite(s: FakeState, buffer: ArrayBuffer, offset: number, wid
   } else {
     writeLE(new Uint8Array(buffer), offset, width, v);
   }
+}
+
+/** typed-array access to a region mapping's registers: only where asked, and never edu's model */
+export function mmioDirect(s: FakeState, buffer: ArrayBuffer): boolean {
+  const r = mapping(s, buffer).region;
+  return s.directMmio && r !== undefined && !(r.device.edu && r.index === VFIO_PCI_REGION.BAR0);
 }
 
 /** the addon's register_at: a live mapping, a width of 1/2/4/8, an offset in range and aligned to it */

@@ -327,6 +327,8 @@ export class FakeState {
   readonly dmaTransfers: DmaTransfer[] = [];
   /** every mmioRead/mmioWrite on a device region, in order */
   readonly mmioLog: MmioAccess[] = [];
+  readonly barriers: { kind: 'write' | 'read'; at: number }[] = [];
+  directMmio = false;
 
   constructor(options: Omit<HostOptions, 'devices' | 'mdevs'>) {
     this.hasIommufd = (options.kernel ?? 'iommufd') === 'iommufd';

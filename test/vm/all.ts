@@ -23,6 +23,7 @@ import './dma-p2p.test.js';
 import './type1-dirty.test.js';
 import './hwpt.test.js';
 import './device.test.js';
+import './mmio-direct.test.js';
 import './host.test.js';
 import './race.test.js';
 import './leaks.test.js';

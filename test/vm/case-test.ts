@@ -26,10 +26,10 @@ export const testsRun = (): number => ran;
 export const CASE_TESTS: Readonly<Record<string, number>> = {
   'iommufd-6.12-mtty': 16,
   'iommufd-6.12-virtio': 18,
-  'iommufd-6.12-intel': 59,
-  'stock-6.1-intel': 24,
+  'iommufd-6.12-intel': 62,
+  'stock-6.1-intel': 27,
   'iommufd-6.12-hidden-iommu': 11,
-  'stock-6.12-intel': 24,
+  'stock-6.12-intel': 27,
   'iommufd-6.12-noiommu': 9,
   'iommufd-6.12-virtio-strict': 5,
 };

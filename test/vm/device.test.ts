@@ -119,23 +119,26 @@ test('config space through VFIO matches sysfs for the ids', { skip: !dmaCase && 
   assert.ok(dev.pciCapabilities().some((c) => c.id === 0x05));
 });
 
-test('MMIO accessors make exactly one access of their width', { skip: !dmaCase && 'DMA cases only' }, () => {
+test('MMIO accessors make exactly one access of their width, through views and through the addon', { skip: !dmaCase && 'DMA cases only' }, () => {
   using dev = openDevice(EDU);
-  const bar = dev.mapRegion('BAR0');
-  // edu accepts 4-byte accesses below 0x80 and 4- or 8-byte ones from 0x80 on. QEMU answers a 1- or
-  // 2-byte access with 0 and edu an 8-byte one below 0x80 with all ones: had an accessor widened or
-  // split its access, these would read bytes of 0x010000ed instead.
-  assert.equal(bar.read32(0), 0x010000ed);
-  assert.equal(bar.read8(0), 0, 'a 1-byte read stays one byte wide (0xed if widened)');
-  assert.equal(bar.read16(0), 0, 'a 2-byte read stays two bytes wide (0xed if widened)');
-  assert.equal(bar.read64(0), 0xffff_ffff_ffff_ffffn, 'an 8-byte read stays eight bytes wide (edu refuses it below 0x80)');
-  bar.write64(0x80, 0x1234_5678_9abc_def0n);
-  assert.equal(bar.read64(0x80), 0x1234_5678_9abc_def0n, 'an 8-byte store and load at a 64-bit register');
-  const view = new Uint8Array(bar.arrayBuffer);
-  assert.equal(view.length, 0x100000);
-  bar.close();
-  assert.equal(view.length, 0, 'a view of a closed mapping is empty, not a dangling pointer');
-  assert.throws(() => bar.read32(0), /closed/);
+  for (const access of ['auto', 'call'] as const) {
+    const bar = dev.mapRegion('BAR0', { access });
+    assert.equal(bar.access, access === 'auto' ? 'direct' : 'call');
+    // edu accepts 4-byte accesses below 0x80 and 4- or 8-byte ones from 0x80 on. QEMU answers a 1- or
+    // 2-byte access with 0 and edu an 8-byte one below 0x80 with all ones: had an accessor widened or
+    // split its access, these would read bytes of 0x010000ed instead.
+    assert.equal(bar.read32(0), 0x010000ed);
+    assert.equal(bar.read8(0), 0, 'a 1-byte read stays one byte wide (0xed if widened)');
+    assert.equal(bar.read16(0), 0, 'a 2-byte read stays two bytes wide (0xed if widened)');
+    assert.equal(bar.read64(0), 0xffff_ffff_ffff_ffffn, 'an 8-byte read stays eight bytes wide (edu refuses it below 0x80)');
+    bar.write64(0x80, 0x1234_5678_9abc_def0n);
+    assert.equal(bar.read64(0x80), 0x1234_5678_9abc_def0n, 'an 8-byte store and load at a 64-bit register');
+    const view = new Uint8Array(bar.arrayBuffer);
+    assert.equal(view.length, 0x100000);
+    bar.close();
+    assert.equal(view.length, 0, 'a view of a closed mapping is empty, not a dangling pointer');
+    assert.throws(() => bar.read32(0), /closed/);
+  }
 });
 
 test('bad calls get typed errors', { skip: !dmaCase && 'DMA cases only' }, () => {

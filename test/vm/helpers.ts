@@ -339,9 +339,11 @@ export async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count
   bar.write64(0x80, src);
   bar.write64(0x88, dst);
   bar.write64(0x90, BigInt(count));
+  bar.dmaWriteBarrier();
   bar.write64(0x98, 1n | (toRam ? 2n : 0n));
   for (let i = 0; (bar.read64(0x98) & 1n) !== 0n; i++) {
     if (i > 1000) throw new Error('edu DMA did not finish');
     await new Promise((r) => setTimeout(r, 10));
   }
+  bar.dmaReadBarrier();
 }

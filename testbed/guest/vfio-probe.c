@@ -12,6 +12,8 @@
  * -d TOTAL:CHUNK then maps TOTAL bytes for DMA as TOTAL/CHUNK mappings of CHUNK bytes at consecutive
  * IOVAs from 1 GiB, unmaps them, and prints the time (sizes in bytes, or with a K, M or G suffix).
  * -r R then mmaps BAR0 and reads the 32-bit register at its offset 0 R times; prints the time per read.
+ * -w W then stores to the 32-bit register at offset 4 of BAR0 (edu's liveness register) W times, and
+ * prints the time per store and what the register reads back after the last one.
  * The BENCH lines are the benchmarks' (bench/guest.ts); a failure there prints its STEP line and exits 1.
  */
 #define _GNU_SOURCE
@@ -285,27 +287,35 @@ out:
 	return failed;
 }
 
-/* -r R: mmaps BAR0 and reads its 32-bit register at offset 0 R times, one load each (volatile) */
-static int mmio_bench(long reads)
+/* -r R: mmaps BAR0 and reads its 32-bit register at offset 0 R times, one load each (volatile);
+ * -w W: stores i to its 32-bit register at offset 4 for i < W, one store each (volatile) */
+static int mmio_bench(long reads, long writes)
 {
 	struct vfio_region_info region = { .argsz = sizeof(region), .index = VFIO_PCI_BAR0_REGION_INDEX };
 	if (step("VFIO_DEVICE_GET_REGION_INFO", ioctl(device_fd, VFIO_DEVICE_GET_REGION_INFO, &region), NULL))
 		return 1;
-	if (!(region.flags & VFIO_REGION_INFO_FLAG_MMAP) || region.size < 4) {
+	if (!(region.flags & VFIO_REGION_INFO_FLAG_MMAP) || region.size < 8) {
 		errno = EINVAL;
 		step("mmap-BAR0", -1, NULL);
 		return 1;
 	}
-	void *bar = mmap(NULL, region.size, PROT_READ, MAP_SHARED, device_fd, region.offset);
+	void *bar = mmap(NULL, region.size, PROT_READ | PROT_WRITE, MAP_SHARED, device_fd, region.offset);
 	if (bar == MAP_FAILED)
 		return step("mmap-BAR0", -1, NULL), 1;
 	volatile __u32 *reg = bar;
 	__u32 value = 0;
 	double start = now_ns();
 	for (long i = 0; i < reads; i++)
-		value = *reg;
+		value = reg[0];
 	double elapsed = now_ns() - start;
-	printf("BENCH mmio n=%ld value=0x%08x ns_per_read=%.1f\n", reads, value, elapsed / reads);
+	if (reads > 0)
+		printf("BENCH mmio n=%ld value=0x%08x ns_per_read=%.1f\n", reads, value, elapsed / reads);
+	start = now_ns();
+	for (long i = 0; i < writes; i++)
+		reg[1] = (__u32)i;
+	elapsed = now_ns() - start;
+	if (writes > 0)
+		printf("BENCH mmio-write n=%ld readback=0x%08x ns_per_write=%.1f\n", writes, reg[1], elapsed / writes);
 	munmap(bar, region.size);
 	return 0;
 }
@@ -335,11 +345,11 @@ static int parse_sizes(const char *arg, unsigned long long *total, unsigned long
 
 int main(int argc, char **argv)
 {
-	long binds = 1, infos = 0, reads = 0;
+	long binds = 1, infos = 0, reads = 0, writes = 0;
 	unsigned long long dma_total = 0, dma_chunk = 0;
 	int opt;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while ((opt = getopt(argc, argv, "n:i:d:r:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:i:d:r:w:")) != -1) {
 		if (opt == 'n')
 			binds = atol(optarg);
 		else if (opt == 'i')
@@ -348,10 +358,12 @@ int main(int argc, char **argv)
 			;
 		else if (opt == 'r')
 			reads = atol(optarg);
+		else if (opt == 'w')
+			writes = atol(optarg);
 		else
 			goto usage;
 	}
-	if (argc - optind != 2 || binds < 1 || infos < 0 || reads < 0)
+	if (argc - optind != 2 || binds < 1 || infos < 0 || reads < 0 || writes < 0)
 		goto usage;
 	const char *route = argv[optind], *device = argv[optind + 1];
 	int (*bind)(void) = !strcmp(route, "legacy") ? legacy : !strcmp(route, "iommufd") ? iommufd : NULL;
@@ -384,11 +396,11 @@ int main(int argc, char **argv)
 	}
 	if (dma_total > 0 && dma_bench(dma_total, dma_chunk))
 		return 1;
-	if (reads > 0 && mmio_bench(reads))
+	if ((reads > 0 || writes > 0) && mmio_bench(reads, writes))
 		return 1;
 	close_all();
 	return 0;
 usage:
-	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] [-d TOTAL:CHUNK] [-r READS] legacy|iommufd DEVICE\n");
+	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] [-d TOTAL:CHUNK] [-r READS] [-w WRITES] legacy|iommufd DEVICE\n");
 	return 2;
 }
