@@ -5,7 +5,7 @@
 //     VFIO_DEVICE_GET_INFO through the addon vs C, DMA map + unmap (1 GiB in 2 MiB chunks, 64 MiB in
 //     4 KiB pages) vs C on both routes, and BAR0 register reads vs C (bench/guest.ts)
 // Each comparison alternates the two sides and reports medians. Pass --host to skip the guest, or
-// names of bench/guest.ts's sections (bind get_info dma-2m dma-4k dma-batch mmio) to run only those there.
+// names of bench/guest.ts's sections (bind get_info dma-2m dma-4k dma-batch mmio dma-scale) to run only those there.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
