@@ -6,7 +6,10 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { allocDmaBuffer, openDevice, type DmaBuffer, type DmaMapping } from '../src/index.js';
-import { loadAddon } from '../src/sys/native-kernel.js';
+import { deviceGetInfo } from '../src/ioctl/device.js';
+import { silentLogger } from '../src/log.js';
+import { StepCalls } from '../src/sys/calls.js';
+import { loadAddon, NativeKernel } from '../src/sys/native-kernel.js';
 import { IOMMU, IOMMU_IOAS_MAP_FLAG, iommu_ioas_map, iommu_ioas_unmap } from '../src/uapi/iommufd.js';
 import { encode } from '../src/uapi/struct.js';
 import { VFIO, VFIO_DMA_MAP_FLAG, vfio_device_info, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap } from '../src/uapi/vfio.js';
@@ -44,20 +47,32 @@ for (const route of wanted('bind') ? (['iommufd', 'legacy'] as const) : []) {
 }
 
 if (wanted('get_info')) {
-  // the device is bound by one side at a time: ours in-process, then the C witness
+  // the device is bound by one side at a time: ours in-process, then the C witness. Ours twice: the
+  // raw addon call with a ready buffer, and the call layer's deviceGetInfo() (what every library path
+  // that asks the kernel uses: a StepCalls step, encode and decode), alternating.
   const n = 20_000;
   const addon = loadAddon();
   const buf = encode(vfio_device_info, { argsz: vfio_device_info.size });
+  const calls = new StepCalls(new NativeKernel(addon), 'iommufd', silentLogger);
   const js: number[] = [];
+  const lib: number[] = [];
   const c: number[] = [];
   for (let round = 0; round < 5; round++) {
     const device = openDevice(EDU, { route: 'iommufd' });
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) addon.ioctl(device.fd, VFIO.DEVICE_GET_INFO, buf);
+    const fd = device.fd;
+    for (let i = 0; i < 1000; i++) addon.ioctl(fd, VFIO.DEVICE_GET_INFO, buf), deviceGetInfo(calls, fd); // warm-up
+    let t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) addon.ioctl(fd, VFIO.DEVICE_GET_INFO, buf);
     js.push(Number(process.hrtime.bigint() - t0) / n);
+    t0 = process.hrtime.bigint();
+    let regions = 0;
+    for (let i = 0; i < n; i++) regions = deviceGetInfo(calls, fd).numRegions;
+    lib.push(Number(process.hrtime.bigint() - t0) / n);
+    if (regions !== device.info().regions) throw new Error(`deviceGetInfo answered ${regions} regions, not ${device.info().regions}`);
     device.close();
     c.push(cBench(['-i', String(n), 'iommufd', EDU], 'ns_per_ioctl'));
   }
+  console.log(ratioLine('VFIO_DEVICE_GET_INFO through the library (deviceGetInfo) vs the raw addon', median(lib), median(js), 'ns', 1.1));
   console.log(ratioLine('VFIO_DEVICE_GET_INFO through the addon vs C', median(js), median(c), 'ns', 1.1));
 }
 

@@ -21,15 +21,21 @@ export class StepCalls {
 
   /** Runs one step; a system error becomes a StepError for `step`. */
   run<T>(step: Step, path: string | undefined, fn: () => T): T {
+    let result: T;
     try {
-      const result = fn();
-      if (this.debug) this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
-      return result;
+      result = fn();
     } catch (e) {
-      if (!isSysError(e)) throw e;
-      if (this.debug) this.log.debug({ route: this.route, step, path, errno: e.code }, 'failed');
-      throw new StepError(this.route, step, e.code, `${step}${path ? ` (${path})` : ''}: ${e.code}`, path, { cause: e });
+      throw this.failed(step, path, e);
     }
+    if (this.debug) this.log.debug({ route: this.route, step, path, result: typeof result === 'number' ? result : undefined }, 'ok');
+    return result;
+  }
+
+  /** What a step's failure throws: a system error becomes its StepError; anything else as it was. */
+  private failed(step: Step, path: string | undefined, e: unknown): unknown {
+    if (!isSysError(e)) return e;
+    if (this.debug) this.log.debug({ route: this.route, step, path, errno: e.code }, 'failed');
+    return new StepError(this.route, step, e.code, `${step}${path ? ` (${path})` : ''}: ${e.code}`, path, { cause: e });
   }
 
   open(step: Step, path: string): number {
@@ -41,7 +47,15 @@ export class StepCalls {
    * VFIO_DEVICE_FEATURE request is named by its feature, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE).
    */
   ioctl(name: RequestName, fd: number, arg?: number | Buffer, step: Step = name): number {
-    return this.run(step, undefined, () => this.kernel.ioctl(fd, REQUESTS[name], arg));
+    // run()'s work without its closure: this is the path of every ioctl
+    let result: number;
+    try {
+      result = this.kernel.ioctl(fd, REQUESTS[name], arg);
+    } catch (e) {
+      throw this.failed(step, undefined, e);
+    }
+    if (this.debug) this.log.debug({ route: this.route, step, result }, 'ok');
+    return result;
   }
 
   /**

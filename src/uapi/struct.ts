@@ -74,6 +74,7 @@ function encodeAt<D extends FieldSpecs>(buf: Buffer, layout: StructLayout<D>, va
 /** Decodes the struct found at `base` in buf. */
 export function decode<D extends FieldSpecs>(layout: StructLayout<D>, buf: Buffer, base = 0): Decoded<D> {
   const out: Record<string, number | bigint> = {};
-  for (const [name, spec] of Object.entries(layout.fields)) out[name] = readField(buf, spec, base);
+  // for..in, not Object.entries: no array of pairs per decode
+  for (const name in layout.fields) out[name] = readField(buf, layout.fields[name]!, base);
   return out as Decoded<D>;
 }
