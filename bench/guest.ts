@@ -13,6 +13,7 @@ import { loadAddon, NativeKernel } from '../src/sys/native-kernel.js';
 import { IOMMU, IOMMU_IOAS_MAP_FLAG, iommu_ioas_map, iommu_ioas_unmap } from '../src/uapi/iommufd.js';
 import { encode } from '../src/uapi/struct.js';
 import { VFIO, VFIO_DMA_MAP_FLAG, vfio_device_info, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap } from '../src/uapi/vfio.js';
+import { bindSyscalls } from './bind-syscalls.js';
 import { bindCurve, closeCurve, dmaScale } from './dma-scale.js';
 import { median, ratioLine } from './stats.js';
 
@@ -44,6 +45,7 @@ for (const route of wanted('bind') ? (['iommufd', 'legacy'] as const) : []) {
     c.push(cBench(['-n', String(n), route, EDU], 'ns_per_bind') / 1000);
   }
   console.log(ratioLine(`bind+close (${route}), library vs C`, median(js), median(c), 'us', 1.2));
+  console.log(bindSyscalls(probe, route, EDU));
 }
 
 if (wanted('get_info')) {
