@@ -92,7 +92,8 @@ export const SCENARIOS: Scenario[] = [
   },
   {
     name: 'noiommu: no cdev, the noiommu group, no DMA', vmCase: 'iommufd-6.12-noiommu', fake: { kernel: 'iommufd', iommu: 'noiommu' }, arrange: {}, policy: 'auto', then: [],
-    steps: [['open /dev/iommu', null], ['find cdev', null], ...LEGACY_BIND, ...DEVICE], outcome: { route: 'legacy' },
+    // the cdev's node is tried first; its absence sends discovery to the dev attribute, which noiommu lacks
+    steps: [['open /dev/iommu', null], ['open cdev', 'ENOENT'], ['find cdev', null], ...LEGACY_BIND, ...DEVICE], outcome: { route: 'legacy' },
   },
   {
     name: 'virtio-iommu without MSI isolation: BIND answers EPERM, no route', vmCase: 'iommufd-6.12-virtio-strict', fake: { kernel: 'iommufd', iommu: 'virtio' }, arrange: {}, policy: 'auto', then: [],

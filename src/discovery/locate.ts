@@ -13,23 +13,31 @@ export interface GroupMember {
   vfioSafe: boolean;
 }
 
+/**
+ * A device's IOMMU group. Only `id` is read when the device is located; the rest is read from sysfs
+ * and /dev the first time it is asked for, then kept (a bind that succeeds needs none of it: the
+ * kernel checks viability itself, and the report and the errors read it when they are written).
+ */
 export interface GroupLocation {
-  id: number;
+  readonly id: number;
   /** /dev/vfio/N, or /dev/vfio/noiommu-N for a group the kernel runs without an IOMMU */
-  node: string;
-  noiommu: boolean;
-  members: GroupMember[];
+  readonly node: string;
+  readonly noiommu: boolean;
+  readonly members: GroupMember[];
   /** the members that keep the group from being viable: bound to a driver that is not VFIO-safe */
-  blockers: GroupMember[];
+  readonly blockers: GroupMember[];
 }
 
+/** A device's VFIO cdev. `name` is read when the device is located, the rest when first asked for. */
 export interface CdevLocation {
   /** vfioN, the name under the device's sysfs vfio-dev/ */
-  name: string;
+  readonly name: string;
   /** the cdev's device number from vfio-dev/vfioN/dev, or null when the kernel has no cdev for it */
-  devnum: { major: number; minor: number } | null;
-  /** nodes to try, in order; each is used only if its st_rdev matches devnum */
-  nodes: string[];
+  readonly devnum: { major: number; minor: number } | null;
+  /** nodes to try, in order; each is used only if it is this cdev (its st_rdev, its sysfs link) */
+  readonly nodes: string[];
+  /** the cdev's sysfs directory, where /sys/dev/char/MAJ:MIN of its node must lead */
+  readonly sysfsDir: string;
 }
 
 export interface DeviceLocation {
@@ -40,7 +48,8 @@ export interface DeviceLocation {
   sysfsPath: string;
   driver: string | null;
   group: GroupLocation | null;
-  cdev: CdevLocation | null;
+  /** read from sysfs when first asked for */
+  readonly cdev: CdevLocation | null;
 }
 
 const SYS_DEVICES = '/sys/devices/';
@@ -57,6 +66,19 @@ export function vfioSafeDriver(driver: string | null): boolean {
 }
 
 const tail = (path: string): string => path.slice(path.lastIndexOf('/') + 1);
+
+/** A function that computes its value on the first call and then returns the kept value. */
+function once<V>(compute: () => V): () => V {
+  let done = false;
+  let value: V;
+  return () => {
+    if (!done) {
+      value = compute();
+      done = true;
+    }
+    return value;
+  };
+}
 
 /** The driver a sysfs device directory is bound to, or null. */
 export function driverOf(kernel: Kernel, sysfsPath: string): string | null {
@@ -109,8 +131,12 @@ function busLinkTarget(kernel: Kernel, spec: DeviceSpec, candidate: string): str
   return resolved.startsWith(SYS_DEVICES) ? resolved : null; // anything odd: realpath() judges it
 }
 
-/** Resolves a spec to its sysfs device directory (under /sys/devices) or throws. */
-function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
+/**
+ * Resolves a spec to its sysfs device directory (under /sys/devices) or throws. `bus` is known without
+ * reading the subsystem link when the spec was found through /sys/bus/{pci,mdev}/devices, whose links
+ * the kernel makes for that bus's devices only.
+ */
+function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): { path: string; bus: DeviceLocation['bus'] | null } {
   let candidate: string;
   switch (spec.kind) {
     case 'pci': candidate = `/sys/bus/pci/devices/${spec.address}`; break;
@@ -119,8 +145,11 @@ function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
     case 'sysfs': candidate = spec.path; break;
   }
   let real: string;
+  let bus: DeviceLocation['bus'] | null = null;
   try {
-    real = busLinkTarget(kernel, spec, candidate) ?? kernel.realpath(candidate);
+    const linked = busLinkTarget(kernel, spec, candidate);
+    if (linked !== null && (spec.kind === 'pci' || spec.kind === 'mdev')) bus = spec.kind;
+    real = linked ?? kernel.realpath(candidate);
   } catch {
     throw new DeviceNotFoundError(`no device ${printable(raw)}: ${candidate} does not exist`, {
       path: candidate,
@@ -135,7 +164,7 @@ function resolveSysfs(kernel: Kernel, spec: DeviceSpec, raw: string): string {
   if (!real.startsWith(SYS_DEVICES)) {
     throw new UsageError(`invalid device ${printable(raw)}: ${candidate} resolves to ${real}, outside ${SYS_DEVICES}`);
   }
-  return real;
+  return { path: real, bus };
 }
 
 /** `self` is the located device, whose driver and bus are known already (often the only member). */
@@ -147,22 +176,31 @@ function readGroup(kernel: Kernel, sysfsPath: string, self: { name: string; driv
   const noiommuNode = `/dev/vfio/noiommu-${id}`;
   // The node name is the kernel's own statement: noiommu-N for a group VFIO runs without an IOMMU.
   // (The group's sysfs name, "vfio-noiommu", is shared by emulated mdev groups, whose node is N.)
-  const noiommu = !kernel.exists(plain) && kernel.exists(noiommuNode);
-  let names: string[] = [];
-  try {
-    names = kernel.readdir(`/sys/kernel/iommu_groups/${id}/devices`).sort();
-  } catch {
-    // A group without a devices/ directory lists no members; the routes will tell what is wrong.
-  }
-  const members = names.map((name) => {
-    const dir = `/sys/kernel/iommu_groups/${id}/devices/${name}`;
-    const own = name === self.name;
-    const driver = own ? self.driver : tryReadlinkTail(kernel, `${dir}/driver`);
-    // An mdev is bound to its parent's vendor driver (mtty, say), which is VFIO's own by construction.
-    const mdev = own ? self.bus === 'mdev' : tryReadlinkTail(kernel, `${dir}/subsystem`) === 'mdev';
-    return { name, driver, vfioSafe: mdev || vfioSafeDriver(driver) };
+  const noiommu = once(() => !kernel.exists(plain) && kernel.exists(noiommuNode));
+  const members = once(() => {
+    let names: string[] = [];
+    try {
+      names = kernel.readdir(`/sys/kernel/iommu_groups/${id}/devices`).sort();
+    } catch {
+      // A group without a devices/ directory lists no members; the routes will tell what is wrong.
+    }
+    return names.map((name) => {
+      const dir = `/sys/kernel/iommu_groups/${id}/devices/${name}`;
+      const own = name === self.name;
+      const driver = own ? self.driver : tryReadlinkTail(kernel, `${dir}/driver`);
+      // An mdev is bound to its parent's vendor driver (mtty, say), which is VFIO's own by construction.
+      const mdev = own ? self.bus === 'mdev' : tryReadlinkTail(kernel, `${dir}/subsystem`) === 'mdev';
+      return { name, driver, vfioSafe: mdev || vfioSafeDriver(driver) };
+    });
   });
-  return { id, node: noiommu ? noiommuNode : plain, noiommu, members, blockers: members.filter((m) => !m.vfioSafe) };
+  // getters of an object literal are own and enumerable: JSON.stringify and spreads read them
+  return {
+    id,
+    get noiommu() { return noiommu(); },
+    get node() { return noiommu() ? noiommuNode : plain; },
+    get members() { return members(); },
+    get blockers() { return members().filter((m) => !m.vfioSafe); },
+  };
 }
 
 function readCdev(kernel: Kernel, sysfsPath: string): CdevLocation | null {
@@ -174,19 +212,26 @@ function readCdev(kernel: Kernel, sysfsPath: string): CdevLocation | null {
   }
   const name = entries.find((e) => /^vfio[0-9]+$/.test(e));
   if (!name) return null;
+  const sysfsDir = `${sysfsPath}/vfio-dev/${name}`;
   // No `dev` attribute: the kernel has no cdev for this device (no VFIO_DEVICE_CDEV, or noiommu).
-  const devnum = readDevnum(kernel, `${sysfsPath}/vfio-dev/${name}/dev`);
-  const nodes = [`/dev/vfio/devices/${name}`];
-  if (devnum) nodes.push(`/dev/char/${devnum.major}:${devnum.minor}`);
-  return { name, devnum, nodes };
+  const devnum = once(() => readDevnum(kernel, `${sysfsDir}/dev`));
+  return {
+    name,
+    sysfsDir,
+    get devnum() { return devnum(); },
+    get nodes() {
+      const d = devnum();
+      return d ? [`/dev/vfio/devices/${name}`, `/dev/char/${d.major}:${d.minor}`] : [`/dev/vfio/devices/${name}`];
+    },
+  };
 }
 
 /** Everything the routes need about one device, from sysfs and /dev, without opening VFIO nodes. */
 export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
   const spec = parseDeviceSpec(rawSpec);
-  const sysfsPath = resolveSysfs(kernel, spec, rawSpec);
+  const { path: sysfsPath, bus: linkedBus } = resolveSysfs(kernel, spec, rawSpec);
   const name = tail(sysfsPath);
-  const subsystem = tryReadlinkTail(kernel, `${sysfsPath}/subsystem`);
+  const subsystem = linkedBus ?? tryReadlinkTail(kernel, `${sysfsPath}/subsystem`);
   let bus: DeviceLocation['bus'];
   if (subsystem === 'pci' && PCI_ADDRESS.test(name)) bus = 'pci';
   else if (subsystem === 'mdev' && UUID.test(name)) bus = 'mdev';
@@ -194,6 +239,7 @@ export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
     throw new UsageError(`${printable(rawSpec)} is not a PCI or mdev device (${sysfsPath}, bus ${subsystem ?? 'unknown'})`);
   }
   const driver = driverOf(kernel, sysfsPath);
+  const cdev = once(() => readCdev(kernel, sysfsPath)); // the legacy route never asks
   return {
     spec: rawSpec,
     name,
@@ -201,7 +247,7 @@ export function locateDevice(kernel: Kernel, rawSpec: string): DeviceLocation {
     sysfsPath,
     driver,
     group: readGroup(kernel, sysfsPath, { name, driver, bus }),
-    cdev: readCdev(kernel, sysfsPath),
+    get cdev() { return cdev(); },
   };
 }
 

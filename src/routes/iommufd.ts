@@ -1,12 +1,13 @@
 // The iommufd route: /dev/iommu + the device's VFIO cdev. BIND is the ownership contract (a cdev opens
 // "parked" and accepts nothing else), then the device is attached to the context's IOAS.
+import { posix } from 'node:path';
 import type { CdevLocation, DeviceLocation } from '../discovery/locate.js';
 import type { IovaRange } from '../dma/iova.js';
 import type { RawMap } from '../dma/mappings.js';
 import { attachIommufdPt, bindIommufd, destroy, detachIommufdPt, ioasAlloc, ioasIovaRanges, ioasMap, ioasMapEach, ioasUnmap } from '../ioctl/iommufd.js';
 import type { Logger } from '../log.js';
 import { closeQuietly, FdStack, quietly, StepCalls } from '../sys/calls.js';
-import { makedev, type Kernel } from '../sys/kernel.js';
+import { major, makedev, minor, type Kernel } from '../sys/kernel.js';
 import { IommuContext, type BeforeBindHook, type Binding, type PassedFd, type RouteDescriptor } from './route.js';
 import { devidOf, explainDeviceStep, HwPagetable, readHwInfo, type HwptDevice, type IommuHwInfo } from './iommufd-hwpt.js';
 import { StepError, UnsupportedError, UsageError } from '../errors.js';
@@ -115,9 +116,6 @@ export class IommufdContext extends IommuContext {
     if (!cdev) {
       return calls.fail('find cdev', null, `${loc.name} has no vfio-dev entry in sysfs`, `${loc.sysfsPath}/vfio-dev`);
     }
-    if (!cdev.devnum) {
-      return calls.fail('find cdev', null, `${loc.sysfsPath}/vfio-dev/${cdev.name} has no dev attribute`, `${loc.sysfsPath}/vfio-dev/${cdev.name}/dev`);
-    }
     const fds = new FdStack(this.kernel);
     try {
       const { fd: deviceFd, path } = passed
@@ -189,33 +187,61 @@ export class IommufdContext extends IommuContext {
 
 /**
  * Opens the device's cdev: /dev/vfio/devices/vfioN, else udev's /dev/char/MAJ:MIN. A node is used only
- * if it is a character device with the number sysfs gives: a stale or planted node is never trusted.
+ * if it is this device's cdev: a stale or planted node is never trusted. The first node is checked by
+ * where the kernel's /sys/dev/char/MAJ:MIN of its st_rdev leads (one readlink); the cdev's number from
+ * sysfs (the `dev` attribute; without one the kernel has no cdev for the device) is read only when that
+ * node is missing or another device's, for the second.
  */
 function openCdev(calls: StepCalls, fds: FdStack, cdev: CdevLocation): { fd: number; path: string } {
-  const want = makedev(cdev.devnum!.major, cdev.devnum!.minor);
   const mismatched: string[] = [];
-  for (const path of cdev.nodes) {
-    let fd: number;
-    try {
-      fd = fds.push(calls.open('open cdev', path));
-    } catch (e) {
-      if ((e as { errno?: unknown }).errno === 'ENOENT') continue;
-      throw e;
-    }
-    const st = calls.run('check cdev', path, () => calls.kernel.fstat(fd));
-    if (st.isCharacterDevice && st.rdev === want) return { fd, path };
+  const first = `/dev/vfio/devices/${cdev.name}`;
+  const fd = openIfPresent(calls, fds, first);
+  if (fd !== null) {
+    const st = calls.run('check cdev', first, () => calls.kernel.fstat(fd));
+    if (st.isCharacterDevice && charDeviceDir(calls.kernel, st.rdev) === cdev.sysfsDir) return { fd, path: first };
+    fds.closeLast();
+    mismatched.push(first);
+  }
+  const devnum = cdev.devnum;
+  if (!devnum) return calls.fail('find cdev', null, `${cdev.sysfsDir} has no dev attribute`, `${cdev.sysfsDir}/dev`);
+  const want = makedev(devnum.major, devnum.minor);
+  for (const path of cdev.nodes.slice(1)) {
+    const other = openIfPresent(calls, fds, path);
+    if (other === null) continue;
+    const st = calls.run('check cdev', path, () => calls.kernel.fstat(other));
+    if (st.isCharacterDevice && st.rdev === want) return { fd: other, path };
     fds.closeLast();
     mismatched.push(path);
   }
-  const devnum = `${cdev.devnum!.major}:${cdev.devnum!.minor}`;
+  const number = `${devnum.major}:${devnum.minor}`;
   return calls.fail(
     'open cdev',
     'ENOENT',
     mismatched.length > 0
-      ? `no node for the cdev ${cdev.name} (${devnum}): ${mismatched.join(', ')} ${mismatched.length > 1 ? 'are' : 'is'} a different device`
-      : `no node for the cdev ${cdev.name} (${devnum}): ${cdev.nodes.join(' and ')} do not exist`,
-    cdev.nodes[0],
+      ? `no node for the cdev ${cdev.name} (${number}): ${mismatched.join(', ')} ${mismatched.length > 1 ? 'are' : 'is'} a different device`
+      : `no node for the cdev ${cdev.name} (${number}): ${cdev.nodes.join(' and ')} do not exist`,
+    first,
   );
+}
+
+/** A node opened for the 'open cdev' step, or null where it does not exist. */
+function openIfPresent(calls: StepCalls, fds: FdStack, path: string): number | null {
+  try {
+    return fds.push(calls.open('open cdev', path));
+  } catch (e) {
+    if ((e as { errno?: unknown }).errno === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+/** The sysfs directory of a character device number (/sys/dev/char/MAJ:MIN's target), or null. */
+function charDeviceDir(kernel: Kernel, rdev: number): string | null {
+  const link = `/sys/dev/char/${major(rdev)}:${minor(rdev)}`;
+  try {
+    return posix.resolve('/sys/dev/char', kernel.readlink(link));
+  } catch {
+    return null;
+  }
 }
 
 /** The iommufd route: /dev/iommu and the device's cdev (/dev/vfio/devices/vfioN). */

@@ -230,7 +230,7 @@ function attempt(route: RouteName, loc: DeviceLocation, req: BindRequest, fallba
   }
 }
 
-/** Refuses, before anything is opened, a device no route can take. */
+/** Refuses, before anything is opened, a device no route can take: one bound to a host driver. */
 function checkBindable(loc: DeviceLocation): void {
   if (loc.bus === 'pci' && !loc.driver?.startsWith('vfio')) {
     throw new NotVfioDeviceError(
@@ -240,7 +240,8 @@ function checkBindable(loc: DeviceLocation): void {
       { path: `${loc.sysfsPath}/driver`, hint: moveToVfioHint(loc.name) },
     );
   }
-  if (loc.group && loc.group.blockers.length > 0) throw notViable(loc);
+  // A group that is not viable is the kernel's to refuse (BIND_IOMMUFD and SET_CONTAINER answer EPERM,
+  // GET_STATUS says so): explain() names the blockers then, and a bind that succeeds never lists them.
 }
 
 function notViable(loc: DeviceLocation, details: { route?: RouteName; step?: string; errno?: string | null; attempts?: Attempt[] } = {}): GroupNotViableError {

@@ -5,7 +5,7 @@ import { decode, writeField } from '../../src/uapi/struct.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../../src/uapi/vfio.js';
 import { ioctlError, sysError, userStruct } from './errno.js';
 import { checkAttach, maybeFreeCtx } from './iommufd.js';
-import { vfioDriver, type DeviceFile, type DeviceState, type FakeState } from './state.js';
+import { dmaSafe, vfioDriver, type DeviceFile, type DeviceState, type FakeState } from './state.js';
 
 type Arg = number | Buffer | undefined;
 
@@ -31,6 +31,8 @@ export function bindIommufd(s: FakeState, file: DeviceFile, arg: Arg): number {
   if (target.file.kind !== 'iommufd') throw ioctlError('EBADFD');
   if (dev.openCount !== 0) throw ioctlError('EINVAL'); // vfio_df_open: open_count != 0 && !df->group
   if (!dev.group?.emulated && s.iommu === 'virtio' && !s.allowUnsafe.iommufd) throw ioctlError('EPERM'); // no isolated MSI
+  // iommu_device_claim_dma_owner: a host driver bound in the group holds owner_cnt with no owner
+  if (dev.group && !dev.group.members.every(dmaSafe)) throw ioctlError('EPERM');
   const ctx = target.file.ctx;
   const devid = ctx.nextId++;
   ctx.objects.set(devid, { type: 'device', device: dev });

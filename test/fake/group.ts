@@ -50,7 +50,8 @@ export function setContainer(s: FakeState, file: GroupFile, arg: Arg): number {
   const c = target.file.container;
   if (c.groups.size > 0 && containerIsNoiommu(c) !== g.noiommu) throw ioctlError('EPERM');
   if (g.noiommu && !s.rawio) throw ioctlError('EPERM');
-  if (!g.members.every(dmaSafe)) throw ioctlError('EBUSY'); // iommu_group_claim_dma_owner
+  // iommu_group_claim_dma_owner: a host driver bound in the group holds owner_cnt (it uses the default domain)
+  if (!g.members.every(dmaSafe)) throw ioctlError('EPERM');
   if (c.iommuType !== null) checkType1Attach(s, driverOf(c.iommuType), g);
   c.groups.add(file);
   file.container = c;

@@ -217,6 +217,7 @@ function unregisterVfio(s: FakeState, dev: DeviceState): void {
     remove(s, `/sys/class/vfio-dev/vfio${n}`);
     remove(s, `/dev/vfio/devices/vfio${n}`);
     remove(s, `/dev/char/${RDEV.cdevMajor}:${n}`);
+    remove(s, `/sys/dev/char/${RDEV.cdevMajor}:${n}`);
   }
   const g = dev.group;
   if (g && !g.members.some(vfioDriver)) {
@@ -256,6 +257,7 @@ function registerVfio(s: FakeState, dev: DeviceState): void {
     writeFile(s, `${vdir}/dev`, `${RDEV.cdevMajor}:${n}`);
     writeFile(s, `${vdir}/uevent`, `MAJOR=${RDEV.cdevMajor}\nMINOR=${n}\nDEVNAME=vfio/devices/vfio${n}`);
     mknod(s, `/dev/vfio/devices/vfio${n}`, makedev(RDEV.cdevMajor, n), 0o600);
+    link(s, `/sys/dev/char/${RDEV.cdevMajor}:${n}`, vdir); // the kernel's link for every char device number
     if (s.charLinks) symlink(s, `/dev/char/${RDEV.cdevMajor}:${n}`, `../vfio/devices/vfio${n}`);
   }
 }

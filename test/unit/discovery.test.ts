@@ -21,9 +21,36 @@ describe('locateDevice', () => {
       sysfsPath: `/sys/devices/pci0000:00/${EDU}`,
       driver: 'vfio-pci',
       group: { id: 3, node: '/dev/vfio/3', noiommu: false, members: [{ name: EDU, driver: 'vfio-pci', vfioSafe: true }], blockers: [] },
-      cdev: { name: 'vfio0', devnum: { major: RDEV.cdevMajor, minor: 0 }, nodes: ['/dev/vfio/devices/vfio0', `/dev/char/${RDEV.cdevMajor}:0`] },
+      cdev: {
+        name: 'vfio0',
+        devnum: { major: RDEV.cdevMajor, minor: 0 },
+        nodes: ['/dev/vfio/devices/vfio0', `/dev/char/${RDEV.cdevMajor}:0`],
+        sysfsDir: `/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0`,
+      },
     });
     assert.equal(k.openedPaths().length, 0, 'discovery opens nothing');
+  });
+
+  test('what only a report or an error needs is read when first asked for, once (goal: no sysfs read a bind does not use)', () => {
+    const k = FakeKernel.host({ kernel: 'iommufd', iommu: 'intel', devices: [{ address: EDU, group: 3, cdev: 0 }, { address: TESTDEV, group: 3 }] });
+    const seen: string[] = [];
+    k.onCall((c) => seen.push(`${c.call} ${c.path}`));
+    const loc = locateDevice(k, EDU);
+    assert.deepEqual(seen, [
+      `readlink /sys/bus/pci/devices/${EDU}`, // the bus link: the bus, without the subsystem link
+      `readlink /sys/devices/pci0000:00/${EDU}/driver`,
+      `readlink /sys/devices/pci0000:00/${EDU}/iommu_group`,
+    ]);
+    seen.length = 0;
+    assert.deepEqual(loc.group?.members.map((m) => m.name), [EDU, TESTDEV]);
+    assert.equal(loc.group?.blockers.length, 0);
+    assert.deepEqual(loc.cdev?.devnum, { major: RDEV.cdevMajor, minor: 0 });
+    assert.ok(seen.includes('readdir /sys/kernel/iommu_groups/3/devices'), 'the members are read when asked for');
+    assert.ok(seen.includes(`readdir /sys/devices/pci0000:00/${EDU}/vfio-dev`), 'the cdev is found when asked for');
+    assert.ok(seen.includes(`readText /sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0/dev`), 'its number is read when asked for');
+    const asked = seen.length;
+    JSON.stringify(loc); // a report reads every field again
+    assert.equal(seen.length, asked, 'from what was kept: each is read once');
   });
 
   test('every spelling of the same device finds the same location', () => {
@@ -36,7 +63,7 @@ describe('locateDevice', () => {
   test('a stock kernel: vfio-dev/vfioN exists but has no dev attribute (no cdev)', () => {
     const k = FakeKernel.host({ kernel: 'stock' });
     const loc = locateDevice(k, EDU);
-    assert.deepEqual(loc.cdev, { name: 'vfio0', devnum: null, nodes: ['/dev/vfio/devices/vfio0'] });
+    assert.deepEqual(loc.cdev, { name: 'vfio0', devnum: null, nodes: ['/dev/vfio/devices/vfio0'], sysfsDir: `/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0` });
     assert.equal(loc.group?.node, '/dev/vfio/3');
     assert.deepEqual(visibleRoutes(k, loc), { iommufd: false, legacy: true });
   });

@@ -122,19 +122,23 @@ describe('no MSI isolation', () => {
   });
 });
 
-describe('refused before anything is opened', () => {
-  test('a non-viable group (a member bound to e1000e): GroupNotViableError', () => {
+describe('refused by the kernel', () => {
+  test('a non-viable group (a member bound to e1000e): the bind answers EPERM, GroupNotViableError names the member', () => {
     const k = FakeKernel.host({ devices: [{ address: EDU, group: 5 }, { address: '0000:00:12.0', id: '8086:10d3', driver: 'e1000e', group: 5 }] });
+    const refusedAt = { auto: 'VFIO_DEVICE_BIND_IOMMUFD', iommufd: 'VFIO_DEVICE_BIND_IOMMUFD', legacy: 'VFIO_GROUP_GET_STATUS' } as const;
     for (const route of ['auto', 'iommufd', 'legacy'] as const) {
       const e = catchError(() => openDevice(EDU, { kernel: k, route }), GroupNotViableError);
       assert.equal(e.exitCode, ExitCode.NOT_FOUND);
       assert.match(e.message, /IOMMU group 5 of 0000:00:10\.0 is not viable: 0000:00:12\.0 \(e1000e\) is bound to a host driver/);
       assert.equal(e.path, '/sys/kernel/iommu_groups/5/devices');
+      assert.equal(e.step, refusedAt[route], route);
       assert.match(e.hint ?? '', /vfio-pci/);
+      assertNoLeaks(k);
     }
-    assert.deepEqual(k.openedPaths(), []);
   });
+});
 
+describe('refused before anything is opened', () => {
   test('a device bound to e1000e: NotVfioDeviceError, exit 3', () => {
     const k = FakeKernel.host({ devices: [{ address: '0000:00:12.0', id: '8086:10d3', driver: 'e1000e' }] });
     const e = catchError(() => openDevice('0000:00:12.0', { kernel: k }), NotVfioDeviceError);

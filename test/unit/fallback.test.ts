@@ -36,7 +36,8 @@ const SCENARIOS: Record<string, Scenario[]> = {
   'find cdev / no errno': [
     { name: 'a noiommu device (vfio-dev without dev)', host: () => FakeKernel.host({ iommu: 'noiommu' }), group: '/dev/vfio/noiommu-0' },
     { name: 'a device without a vfio-dev entry', host: () => FakeKernel.host({ devices: [{ address: EDU, cdev: null }] }) },
-    { name: 'a vfio-dev entry whose dev attribute is missing', host: () => FakeKernel.host().hide(`/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0/dev`) },
+    // (as on a stock kernel: no dev attribute, and so no node; the node alone would be tried, see routes.test)
+    { name: 'a vfio-dev entry whose dev attribute is missing', host: () => FakeKernel.host().hide(`/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0/dev`).hide('/dev/vfio/devices/vfio0').hide(`/dev/char/${RDEV.cdevMajor}:0`) },
   ],
   'open cdev / ENOENT': [
     {
