@@ -1,5 +1,6 @@
 // sysfs and /dev discovery: from a device spec to everything the routes need to know, read without
-// opening any VFIO node (opening one changes ownership; see routes/select.ts).
+// opening any VFIO node (opening one changes ownership; see routes/select.ts). What a successful bind
+// does not use (the group's members and node, the cdev) is read when first asked for, then kept.
 import { posix } from 'node:path';
 import { DeviceNotFoundError, UsageError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
