@@ -1,11 +1,13 @@
 // One of the two racers of race.test.ts (started once, commands over IPC). On "arm" it answers and
 // starts binding at once; its kernel seam stops at the claim itself, the one system call that takes
 // ownership (VFIO_DEVICE_BIND_IOMMUFD on a cdev, or the open of the group node): a two-party barrier on
-// a page both racers map (a /dev/shm file, through the addon). Each writes the round's number into its
-// own slot, then spins until the other's slot holds it too; the second to arrive goes at once, and the
-// first sees it within one turn of its loop. No third process has to run in between (the guest has two
-// vCPUs, which multi-threaded TCG really runs at once). So both have done their sysfs discovery and
-// opens before either claims, and the two claims meet inside the kernel. It reports what it got with
+// a page both racers map (a /dev/shm file, through the addon). Each writes its arrival time and then the
+// round's number into its own slot, and spins until the other's slot holds the round too; then both
+// wait for one instant, START_MARGIN after the later arrival, and claim. The first to arrive may see
+// the other late (its vCPU was elsewhere for a moment: in some boots a median of 0.2 ms, longer than a
+// group open), and the common start keeps that from ordering the claims. No third process has to run in
+// between (the guest has two vCPUs, which multi-threaded TCG really runs at once). So both have done
+// their sysfs discovery and opens before either claims, and the two claims meet inside the kernel. It reports what it got with
 // CLOCK_MONOTONIC times of the claim (comparable across processes), and a winner holds the device
 // until "release", or the next "arm" (sent once the test has both results).
 import { openDevice, type RoutePolicy, type VfioDevice } from '../../src/index.js';
@@ -29,6 +31,10 @@ export interface RaceResult extends BindOutcome {
   claim: string;
 }
 
+/** where on the page the racers' arrival times are (after the two 16-bit round slots), and the margin */
+const ARRIVAL = 8;
+const START_MARGIN = 2_000_000n; // ns
+
 /** the group node (legacy's claim) */
 const GROUP_NODE = /^\/dev\/vfio\/(noiommu-)?\d+$/;
 
@@ -43,12 +49,18 @@ class ClaimBarrier extends NativeKernel {
     this.armed = null;
     const { page, round, slot } = armed;
     const addon = loadAddon();
+    addon.mmioWrite(page, ARRIVAL + slot * 8, 8, process.hrtime.bigint());
+    addon.dmaWriteBarrier(); // the arrival time is visible before the round that says it is this round's
     addon.mmioWrite(page, slot * 2, 2, round); // here
     const deadline = Date.now() + 60_000;
     // one volatile load per turn: the other racer's slot
     while (addon.mmioRead(page, (1 - slot) * 2, 2) !== round) {
       if (Date.now() > deadline) process.exit(70); // the other racer (or the test) is gone
     }
+    addon.dmaReadBarrier();
+    const [a, b] = [addon.mmioRead(page, ARRIVAL, 8) as bigint, addon.mmioRead(page, ARRIVAL + 8, 8) as bigint];
+    const go = (a > b ? a : b) + START_MARGIN; // the same instant for both: CLOCK_MONOTONIC is the guest's
+    while (process.hrtime.bigint() < go); // spin: a sleep would hand the vCPU away
     const start = process.hrtime.bigint();
     try {
       return call();
