@@ -121,22 +121,22 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
   write8(offset: number, value: number): void {
     const v = this.writableViews();
     if (v) v.u8[registerIndex(v, offset, 1)] = value;
-    else this.kernel.mmioWrite(this.writableMemory(), offset, 1, value & 0xff);
+    else this.kernel.mmioWrite(this.live(), offset, 1, value & 0xff);
   }
   write16(offset: number, value: number): void {
     const v = this.writableViews();
     if (v) v.u16[registerIndex(v, offset, 2)] = value;
-    else this.kernel.mmioWrite(this.writableMemory(), offset, 2, value & 0xffff);
+    else this.kernel.mmioWrite(this.live(), offset, 2, value & 0xffff);
   }
   write32(offset: number, value: number): void {
     const v = this.writableViews();
     if (v) v.u32[registerIndex(v, offset, 4)] = value;
-    else this.kernel.mmioWrite(this.writableMemory(), offset, 4, value >>> 0);
+    else this.kernel.mmioWrite(this.live(), offset, 4, value >>> 0);
   }
   write64(offset: number, value: bigint): void {
     const v = this.writableViews();
     if (v) v.u64[registerIndex(v, offset, 8)] = value;
-    else this.kernel.mmioWrite(this.writableMemory(), offset, 8, BigInt.asUintN(64, value));
+    else this.kernel.mmioWrite(this.live(), offset, 8, BigInt.asUintN(64, value));
   }
 
   /**
@@ -156,6 +156,7 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
     this.kernel.dmaReadBarrier();
   }
 
+  /** Refuses a store to a read-only mapping; the views, or null where stores are addon calls (then live() checks closed). */
   private writableViews(): RegisterViews | null {
     if (!this.writable) throw new UsageError(`the mapping of ${this.region.name} is read-only`);
     return this.views;
@@ -164,11 +165,6 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
   private live(): ArrayBuffer {
     if (!this.memory) throw this.closedBy?.() ?? new ClosedError(`the mapping of ${this.region.name} is closed`);
     return this.memory;
-  }
-
-  private writableMemory(): ArrayBuffer {
-    if (!this.writable) throw new UsageError(`the mapping of ${this.region.name} is read-only`);
-    return this.live();
   }
 
   /**
