@@ -35,7 +35,9 @@ export interface CdevLocation {
   readonly name: string;
   /** the cdev's device number from vfio-dev/vfioN/dev, or null when the kernel has no cdev for it */
   readonly devnum: { major: number; minor: number } | null;
-  /** nodes to try, in order; each is used only if it is this cdev (its st_rdev, its sysfs link) */
+  /** /dev/vfio/devices/vfioN: the node tried first, named without reading anything */
+  readonly node: string;
+  /** nodes to try, in order (node, then udev's /dev/char link); each is used only if it is this cdev */
   readonly nodes: string[];
   /** the cdev's sysfs directory, where /sys/dev/char/MAJ:MIN of its node must lead */
   readonly sysfsDir: string;
@@ -216,13 +218,15 @@ function readCdev(kernel: Kernel, sysfsPath: string): CdevLocation | null {
   const sysfsDir = `${sysfsPath}/vfio-dev/${name}`;
   // No `dev` attribute: the kernel has no cdev for this device (no VFIO_DEVICE_CDEV, or noiommu).
   const devnum = once(() => readDevnum(kernel, `${sysfsDir}/dev`));
+  const node = `/dev/vfio/devices/${name}`;
   return {
     name,
+    node,
     sysfsDir,
     get devnum() { return devnum(); },
     get nodes() {
       const d = devnum();
-      return d ? [`/dev/vfio/devices/${name}`, `/dev/char/${d.major}:${d.minor}`] : [`/dev/vfio/devices/${name}`];
+      return d ? [node, `/dev/char/${d.major}:${d.minor}`] : [node];
     },
   };
 }

@@ -194,7 +194,7 @@ export class IommufdContext extends IommuContext {
  */
 function openCdev(calls: StepCalls, fds: FdStack, cdev: CdevLocation): { fd: number; path: string } {
   const mismatched: string[] = [];
-  const first = `/dev/vfio/devices/${cdev.name}`;
+  const first = cdev.node;
   const fd = openIfPresent(calls, fds, first);
   if (fd !== null) {
     const st = calls.run('check cdev', first, () => calls.kernel.fstat(fd));
@@ -252,7 +252,7 @@ export const IOMMUFD_ROUTE: RouteDescriptor = {
   nodeDevAttr: '/sys/class/misc/iommu/dev',
   unsafeInterruptsModule: 'iommufd',
   fds: { context: 'iommufd', device: 'device' },
-  deviceNode: (loc) => (loc.cdev ? `/dev/vfio/devices/${loc.cdev.name}` : null),
+  deviceNode: (loc) => loc.cdev?.node ?? null,
   deviceDevnum: (_kernel, loc) => (loc.cdev?.devnum ? makedev(loc.cdev.devnum.major, loc.cdev.devnum.minor) : null),
   visible: (kernel, loc) => loc.cdev?.devnum != null && kernel.exists('/dev/iommu') && loc.cdev.nodes.some((n) => kernel.exists(n)),
   open: (kernel, log) => IommufdContext.open(kernel, log),

@@ -23,6 +23,7 @@ describe('locateDevice', () => {
       group: { id: 3, node: '/dev/vfio/3', noiommu: false, members: [{ name: EDU, driver: 'vfio-pci', vfioSafe: true }], blockers: [] },
       cdev: {
         name: 'vfio0',
+        node: '/dev/vfio/devices/vfio0',
         devnum: { major: RDEV.cdevMajor, minor: 0 },
         nodes: ['/dev/vfio/devices/vfio0', `/dev/char/${RDEV.cdevMajor}:0`],
         sysfsDir: `/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0`,
@@ -63,7 +64,7 @@ describe('locateDevice', () => {
   test('a stock kernel: vfio-dev/vfioN exists but has no dev attribute (no cdev)', () => {
     const k = FakeKernel.host({ kernel: 'stock' });
     const loc = locateDevice(k, EDU);
-    assert.deepEqual(loc.cdev, { name: 'vfio0', devnum: null, nodes: ['/dev/vfio/devices/vfio0'], sysfsDir: `/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0` });
+    assert.deepEqual(loc.cdev, { name: 'vfio0', node: '/dev/vfio/devices/vfio0', devnum: null, nodes: ['/dev/vfio/devices/vfio0'], sysfsDir: `/sys/devices/pci0000:00/${EDU}/vfio-dev/vfio0` });
     assert.equal(loc.group?.node, '/dev/vfio/3');
     assert.deepEqual(visibleRoutes(k, loc), { iommufd: false, legacy: true });
   });
