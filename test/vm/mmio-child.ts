@@ -15,9 +15,11 @@ if (!device || (mode !== 'interpreter' && mode !== 'optimised')) {
 const LIVENESS = 0x04; // edu answers a read with the complement of the last 4-byte write
 const DMA_SRC = 0x80; // a 64-bit register that reads back what was written
 const FACTORIAL = 0x08; // a write starts computing its factorial in a QEMU thread of its own
-/** a few milliseconds of that thread's multiplying, so that every round polls many times; the 32-bit
- * factorial of anything from 34 on is 0 (it has 32 factors of two) */
-const factorialOf = (round: number): number => 4_000_000 + round;
+/** about 20 ms of that thread's multiplying, so that every round polls many times even when this
+ * vCPU is descheduled meanwhile (4 ms was not enough once, with two guests on two cores: a round
+ * saw edu done at its first poll); the 32-bit factorial of anything from 34 on is 0 (it has 32
+ * factors of two) */
+const factorialOf = (round: number): number => 20_000_000 + round;
 const STATUS = 0x20; // bit 0: computing
 const COMPUTING = 1;
 const PAIRS = 8;

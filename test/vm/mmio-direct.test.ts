@@ -77,7 +77,7 @@ for (const mode of Object.keys(MODES) as (keyof typeof MODES)[]) {
     assert.ok(seen.length > 0, 'the trace shows edu\'s accesses');
     const seenRuns = runs(seen.map((a): Access => [a.op, a.offset, a.size, a.value.toString(16)]));
     assert.deepEqual(seenRuns, (child.expected as unknown[][]).flat(), 'what edu saw, access by access (repeats counted), is what the child did');
-    assert.ok((child.spins as number[]).every((n) => n > 0), 'every round polled edu while it was computing');
+    assert.ok((child.spins as number[]).every((n) => n > 0), `every round polled edu while it was computing (polls per round: ${String(child.spins)})`);
     assert.ok(!(child.results as number[]).some((r) => r < 0), `each round read its 64-bit value and its factorial back (${String(child.results)})`);
     t.diagnostic(`polls of the status register that saw edu computing, per round: ${String(child.spins)}`);
   });
