@@ -2,8 +2,10 @@
 # run-vm.sh [options] [--] COMMAND...: boots a test-bed guest and runs COMMAND in it, chrooted into a
 # writable (tmpfs overlay, discarded) view of this host's root, in the current directory. The guest
 # command's stdout and stderr stream to ours; our exit status is the command's.
-#   --kernel K        stock-6.1 | stock-6.12 (default) | iommufd-6.12
-#   --iommu I         intel (default) | virtio | virtio-strict | none | noiommu
+#   --arch A          amd64 (default: q35) | arm64 (QEMU's virt machine, GICv3 with its ITS, the
+#                     arm64 user space of testbed/arm64-root.sh with the checkout and the cache over it)
+#   --kernel K        stock-6.1 | stock-6.12 (default) | iommufd-6.12 | iommufd-6.12-64k (arm64)
+#   --iommu I         intel (default on amd64) | smmuv3 (default on arm64) | virtio | virtio-strict | none | noiommu
 #                       virtio: virtio-iommu plus the allow_unsafe_interrupts parameters x86 needs
 #                       (it has no MSI isolation); virtio-strict: without them (VFIO answers EPERM);
 #                       noiommu: no IOMMU and vfio.enable_unsafe_noiommu_mode=1
@@ -25,12 +27,13 @@
 # Each run's files (serial.log, dmesg.txt, stdout, stderr, qemu-cmdline) stay in $CACHE/runs/.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
-KERNEL=stock-6.12 IOMMU=intel TIMEOUT=300 QUIET=0 BIND=1234:11e8,1b36:0005 APPEND_EXTRA=""
+ARCH=amd64 KERNEL=stock-6.12 IOMMU="" TIMEOUT=300 QUIET=0 BIND=1234:11e8,1b36:0005 APPEND_EXTRA=""
 ACCEL=tcg,thread=single
 DEVICES=() ENVS=() EXTRA_QEMU=() DEFAULT_DEVICES=(edu,addr=10.0 pci-testdev,addr=11.0)
 usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
+		--arch) ARCH=${2:?}; shift 2 ;;
 		--kernel) KERNEL=${2:?}; shift 2 ;;
 		--iommu) IOMMU=${2:?}; shift 2 ;;
 		--device) DEVICES+=("${2:?}"); shift 2 ;;
@@ -51,16 +54,25 @@ done
 [ $# -gt 0 ] || { echo "run-vm: no command given" >&2; usage; }
 CMD="$*"
 
-APPEND="console=ttyS0,115200 quiet loglevel=4 panic=-1 oops=panic vmt.bind=$BIND"
+case $ARCH in
+	amd64) IOMMU=${IOMMU:-intel} CONSOLE=ttyS0,115200 MACHINE=q35 CPU=max ;;
+	# cortex-a72: max's pointer authentication (QARMA) and SVE are slow under TCG, and nothing here
+	# uses them; it has both the 4 KiB and the 64 KiB translation granules.
+	arm64) IOMMU=${IOMMU:-smmuv3} CONSOLE=ttyAMA0 MACHINE=virt,gic-version=3,its=on CPU=cortex-a72 ;;
+	*) echo "run-vm: unknown --arch $ARCH (amd64 | arm64)" >&2; exit 2 ;;
+esac
+APPEND="console=$CONSOLE quiet loglevel=4 panic=-1 oops=panic vmt.bind=$BIND"
 IOMMU_ARGS=()
-case $IOMMU in
-	intel) IOMMU_ARGS=(-device intel-iommu); APPEND="$APPEND intel_iommu=on" ;;
+case $ARCH/$IOMMU in
+	amd64/intel) IOMMU_ARGS=(-device intel-iommu); APPEND="$APPEND intel_iommu=on" ;;
+	arm64/smmuv3) MACHINE=$MACHINE,iommu=smmuv3 ;;
+	*/intel|*/smmuv3) echo "run-vm: --iommu $IOMMU is not on $ARCH" >&2; exit 2 ;;
 	virtio) IOMMU_ARGS=(-device virtio-iommu-pci)
 	        APPEND="$APPEND vfio_iommu_type1.allow_unsafe_interrupts=1 iommufd.allow_unsafe_interrupts=1" ;;
 	virtio-strict) IOMMU_ARGS=(-device virtio-iommu-pci) ;;
 	none) ;;
 	noiommu) APPEND="$APPEND vfio.enable_unsafe_noiommu_mode=1" ;;
-	*) echo "run-vm: unknown --iommu $IOMMU (intel | virtio | virtio-strict | none | noiommu)" >&2; exit 2 ;;
+	*) echo "run-vm: unknown --iommu $IOMMU (intel | smmuv3 | virtio | virtio-strict | none | noiommu)" >&2; exit 2 ;;
 esac
 # Debian's kernels harden things the test bed does not exercise and TCG emulates slowly: CPU
 # vulnerability mitigations, zeroing of every page allocated (node's heap), an audit record per exec,
@@ -69,13 +81,14 @@ esac
 case $KERNEL in stock-*) APPEND="$APPEND mitigations=off init_on_alloc=0 audit=0 preempt=none" ;; esac
 APPEND="$APPEND$APPEND_EXTRA"
 
-{ read -r KIMG; read -r INITRD; } < <("$TESTBED_DIR/kernel.sh" "$KERNEL") 
+{ read -r KIMG; read -r INITRD; } < <("$TESTBED_DIR/kernel.sh" "$KERNEL" "$ARCH")
 [ -n "${INITRD:-}" ] || die "kernel $KERNEL is not available"
 
 mkdir -p "$CACHE/runs"
 # keep the newest 100 runs
 ls -1dt "$CACHE"/runs/*/ 2>/dev/null | tail -n +100 | xargs -r rm -rf
-RUN=$(mktemp -d "$CACHE/runs/$(date +%Y%m%d-%H%M%S)-$KERNEL-$IOMMU-XXXX")
+label=$KERNEL-$IOMMU; [ "$ARCH" = amd64 ] || label=$ARCH-$label
+RUN=$(mktemp -d "$CACHE/runs/$(date +%Y%m%d-%H%M%S)-$label-XXXX")
 printf '%s\n' "$CMD" > "$RUN/cmd.sh"
 pwd > "$RUN/cwd"
 : > "$RUN/env"
@@ -88,12 +101,26 @@ for d in "${DEFAULT_DEVICES[@]+"${DEFAULT_DEVICES[@]}"}" "${DEVICES[@]+"${DEVICE
 # patches its own code); single-threaded had no failure in 130 boots for ~1 s more per boot. But a
 # single thread runs the vCPUs in turn: two system calls of a few hundred microseconds almost never
 # overlap, so the ownership races ask for --mttcg.
-QEMU=(qemu-system-x86_64 -machine q35 -accel "$ACCEL" -cpu max -m "${VM_MEM:-2G}" -smp 2
+# The shares: the host's root (read-only) and the run directory; an arm64 guest also gets its own
+# root, on virtio-mmio (off the PCIe bus the SMMU translates), with the host paths it needs over it.
+share() { # tag path [readonly]
+	if [ "$ARCH" = amd64 ]; then SHARES+=(-virtfs "local,path=$2,mount_tag=$1,security_model=none${3:+,readonly=on,multidevs=remap}")
+	else SHARES+=(-fsdev "local,id=fs-$1,path=$2,security_model=none${3:+,readonly=on,multidevs=remap}" -device "virtio-9p-device,fsdev=fs-$1,mount_tag=$1"); fi
+}
+SHARES=()
+share hostroot / ro
+share vmrun "$RUN"
+if [ "$ARCH" = arm64 ]; then
+	share guestroot "$("$TESTBED_DIR/arm64-root.sh")" ro
+	APPEND="$APPEND vmt.guestroot=1"
+	{ pwd; echo "$CACHE"; } > "$RUN/host-paths"
+fi
+case $ARCH in amd64) QEMU=(qemu-system-x86_64) ;; arm64) QEMU=(qemu-system-aarch64) ;; esac
+QEMU+=(-machine "$MACHINE" -accel "$ACCEL" -cpu "$CPU" -m "${VM_MEM:-2G}" -smp 2
 	-nographic -nodefaults -no-reboot -monitor none -serial stdio
 	"${IOMMU_ARGS[@]+"${IOMMU_ARGS[@]}"}"
 	-kernel "$KIMG" -initrd "$INITRD" -append "$APPEND"
-	-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
-	-virtfs "local,path=$RUN,mount_tag=vmrun,security_model=none"
+	"${SHARES[@]}"
 	"${DEV_ARGS[@]+"${DEV_ARGS[@]}"}" "${EXTRA_QEMU[@]+"${EXTRA_QEMU[@]}"}")
 # QMP on a short path (a unix socket path has at most 107 bytes; the run dir may be deep)
 QMP=$(mktemp -u /tmp/vfio-bind-qmp.XXXXXX)
@@ -151,5 +178,5 @@ if [ "$rc" != 0 ]; then
 		awk '/^✖ failing tests:/ {f=1; next} f && /^✖/ {print; n=3; next} f && n-- > 0 {print}' "$RUN/stdout" | cut -c1-300 | head -n 40 >&2
 	fi
 fi
-[ "$QUIET" = 1 ] || echo "[run-vm] $KERNEL/$IOMMU: exit $rc in ${elapsed}s (run files: $RUN)" >&2
+[ "$QUIET" = 1 ] || echo "[run-vm] $ARCH/$KERNEL/$IOMMU: exit $rc in ${elapsed}s (run files: $RUN)" >&2
 exit "$rc"
