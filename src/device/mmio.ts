@@ -19,7 +19,7 @@
 //
 // A mapping is also memory another device's DMA can target (peer-to-peer): a context maps it like a
 // DMA buffer. It holds the contexts that do, so that it never goes away under their mappings.
-import { hex, PAGE_SIZE } from '../dma/buffer.js';
+import { hex } from '../dma/buffer.js';
 import { MappableMemory, type DmaMemory, type DmaRevoker } from '../dma/memory.js';
 import { ClosedError, UsageError, type VfioError } from '../errors.js';
 import type { Kernel } from '../sys/kernel.js';
@@ -27,7 +27,7 @@ import type { RegionInfo } from './regions.js';
 
 export class RegionMapping extends MappableMemory implements DmaMemory, Disposable {
   readonly kind = 'mmio';
-  readonly pageSize = PAGE_SIZE;
+  readonly pageSize: number;
   /** the virtual address of the mapping: what a peer-to-peer DMA map takes */
   readonly address: bigint;
   private memory: ArrayBuffer | null;
@@ -53,6 +53,7 @@ export class RegionMapping extends MappableMemory implements DmaMemory, Disposab
   ) {
     super();
     this.memory = memory;
+    this.pageSize = kernel.pageSize;
     this.address = kernel.addressOf(memory);
     this.views = access === 'auto' && kernel.mmioDirect(memory) ? new RegisterViews(memory) : null;
   }

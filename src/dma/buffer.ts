@@ -3,13 +3,16 @@
 // memory the device still writes to. A mapped buffer stays alive until every context unmaps it.
 import { ClosedError, KernelError, UsageError } from '../errors.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
+import { hugePageSizeFor, systemPageSize } from '../sys/page-size.js';
 import { MappableMemory, type DmaMemory, type DmaRevoker } from './memory.js';
 
-export const PAGE_SIZE = 4096;
-export const HUGE_PAGE_SIZE = 2 * 1024 * 1024;
+/** this host's page size: 4096, or 16384 or 65536 on some arm64 kernels */
+export const PAGE_SIZE = systemPageSize();
+/** the huge page that goes with it: 2 MiB with 4 KiB pages, 512 MiB with 64 KiB */
+export const HUGE_PAGE_SIZE = hugePageSizeFor(PAGE_SIZE);
 
 export interface DmaBufferOptions {
-  /** back the buffer with 2 MiB huge pages (they must be reserved: /proc/sys/vm/nr_hugepages) */
+  /** back the buffer with huge pages (HUGE_PAGE_SIZE; they must be reserved: /proc/sys/vm/nr_hugepages) */
   hugePages?: boolean;
 }
 
@@ -39,7 +42,7 @@ export class DmaBuffer extends MappableMemory implements DmaMemory, Disposable {
   }
 
   get pageSize(): number {
-    return this.hugePages ? HUGE_PAGE_SIZE : PAGE_SIZE;
+    return this.hugePages ? this.kernel.hugePageSize : this.kernel.pageSize;
   }
 
   get freed(): boolean {
@@ -94,7 +97,7 @@ export const hex = (n: bigint): string => `0x${n.toString(16)}`;
 export function allocDmaBuffer(kernel: Kernel, size: number, options: DmaBufferOptions = {}): DmaBuffer {
   const hugePages = options.hugePages ?? false;
   if (!Number.isSafeInteger(size) || size <= 0) throw new UsageError(`DMA buffer size ${size} is not a positive integer`);
-  const page = hugePages ? HUGE_PAGE_SIZE : PAGE_SIZE;
+  const page = hugePages ? kernel.hugePageSize : kernel.pageSize;
   const rounded = Math.ceil(size / page) * page;
   try {
     return new DmaBuffer(kernel, kernel.allocDma(rounded, hugePages), hugePages);

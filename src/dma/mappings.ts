@@ -4,7 +4,7 @@
 import { ClosedError, KernelError, NoRouteError, StepError, UnsupportedError, UsageError } from '../errors.js';
 import type { RouteName } from '../routes/names.js';
 import type { Kernel } from '../sys/kernel.js';
-import { hex, PAGE_SIZE, type DmaBuffer } from './buffer.js';
+import { hex, type DmaBuffer } from './buffer.js';
 import { IovaAllocator, type IovaRange } from './iova.js';
 import { isDmaMemory, type DmaMemory, type DmaRevoker } from './memory.js';
 
@@ -55,11 +55,9 @@ export interface DmaMapping<M extends DmaMemory = DmaMemory> {
   writable: boolean;
 }
 
-const HUGE_PAGE_BYTES = 2n << 20n;
-
 export class DmaMappings implements DmaRevoker {
   private readonly allocator = new IovaAllocator([]);
-  private alignment = 4096n;
+  private alignment: bigint;
   private readonly byIova = new Map<bigint, DmaMapping>();
   /** the IOMMU's answer, kept until a device joins or leaves the context (asking costs 1-3 system calls) */
   private known = false;
@@ -67,7 +65,9 @@ export class DmaMappings implements DmaRevoker {
   constructor(
     private readonly backend: DmaBackend,
     private readonly kernel: Kernel,
-  ) {}
+  ) {
+    this.alignment = BigInt(kernel.pageSize);
+  }
 
   /**
    * The allocator with the IOMMU's current ranges. They change only when a device joins (its reserved
@@ -209,16 +209,18 @@ export class DmaMappings implements DmaRevoker {
     if (buffer.freed) throw new ClosedError(`${which}cannot map ${buffer.kind === 'ram' ? 'a freed DMA buffer' : `${buffer.description}: it is closed`}`);
     const allocator = this.geometry();
     const size = BigInt(buffer.size);
-    // a 2 MiB-aligned buffer of 2 MiB or more (huge pages, or THP from allocDma) gets a 2 MiB-aligned
-    // IOVA, so that the IOMMU can map it with 2 MiB pages too
-    const superpage = size >= HUGE_PAGE_BYTES && buffer.address % HUGE_PAGE_BYTES === 0n ? HUGE_PAGE_BYTES : 0n;
+    // a huge-page-aligned buffer of a huge page or more (huge pages, or THP from allocDma) gets an IOVA
+    // aligned alike, so that the IOMMU can map it with its block pages too (2 MiB; 512 MiB with 64 KiB pages)
+    const huge = BigInt(this.kernel.hugePageSize);
+    const superpage = size >= huge && buffer.address % huge === 0n ? huge : 0n;
     const align = [BigInt(buffer.pageSize), this.alignment, superpage].reduce((a, b) => (a > b ? a : b));
     let iova: bigint;
     if (options.iova !== undefined) {
       iova = BigInt(options.iova);
       // At least a page: an IOAS with no device yet reports alignment 1, and a device joining later
       // would then fail to attach (EADDRINUSE) over a mapping its IOMMU cannot express.
-      const need = this.alignment > BigInt(PAGE_SIZE) ? this.alignment : BigInt(PAGE_SIZE);
+      const page = BigInt(this.kernel.pageSize);
+      const need = this.alignment > page ? this.alignment : page;
       if (iova % need !== 0n) {
         throw new UsageError(`${which}IOVA ${hex(iova)} is not aligned to the IOMMU's ${need}-byte pages`);
       }

@@ -68,6 +68,10 @@ export interface Kernel {
   mkdirp(path: string): void;
 
   // Memory. A mapping is an ArrayBuffer that unmap() detaches (its views go empty) before munmap.
+  /** the kernel's page size (4096; 16384 or 65536 on some arm64 kernels) */
+  readonly pageSize: number;
+  /** its PMD-sized huge page (2 MiB with 4 KiB pages, 512 MiB with 64 KiB) */
+  readonly hugePageSize: number;
   /** mmap(2) MAP_SHARED of `length` bytes at `offset` in fd (a device region) */
   mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer;
   /** page-aligned anonymous memory, populated (MAP_HUGETLB when hugePages) */

@@ -2,6 +2,9 @@
 import fs from 'node:fs';
 import { loadAddon, type Addon } from './addon.js';
 import { isSysError, type FileStat, type Kernel, type SysErrorLike } from './kernel.js';
+import { hugePageSizeFor, systemPageSize } from './page-size.js';
+
+const PAGE_SIZE = systemPageSize();
 
 export { loadAddon, type Addon } from './addon.js';
 
@@ -20,6 +23,8 @@ const MAX_DIRECT_MAPPING = 2 ** 32 - 8;
 const toStat = (s: fs.Stats): FileStat => ({ mode: s.mode, rdev: s.rdev, isCharacterDevice: s.isCharacterDevice() });
 
 export class NativeKernel implements Kernel {
+  readonly pageSize = PAGE_SIZE;
+  readonly hugePageSize = hugePageSizeFor(PAGE_SIZE);
   constructor(private readonly addon: Addon = loadAddon()) {}
   open(path: string): number {
     return fs.openSync(path, fs.constants.O_RDWR);

@@ -23,7 +23,7 @@ import {
 import { VFIO_IOMMU_DIRTY_PAGES_FLAG, vfio_bitmap, vfio_iommu_type1_dirty_bitmap, vfio_iommu_type1_dirty_bitmap_get } from '../../src/uapi/migration.js';
 import { ioctlError, userStruct } from './errno.js';
 import { dropAreas, insertArea, pinArea, userMemory } from './memory.js';
-import { PAGE, U64_MAX, type ContainerState, type DmaArea, type FakeState, type GroupFile, type GroupState, type OpenFile } from './state.js';
+import { U64_MAX, type ContainerState, type DmaArea, type FakeState, type GroupFile, type GroupState, type OpenFile } from './state.js';
 
 type Arg = number | Buffer | undefined;
 
@@ -119,7 +119,7 @@ export function iommuDriverGate(_s: FakeState, c: ContainerState): void {
 /** the type1 IOMMU's view: a domain once a group with a real IOMMU is in (an mdev's group has none) */
 function type1Geometry(s: FakeState, c: ContainerState): { ranges: { start: bigint; last: bigint }[]; pgsizes: bigint; domain: boolean } {
   const domain = [...c.groups].some((g) => !g.group.emulated && !g.group.noiommu);
-  if (!domain) return { ranges: [], pgsizes: ~BigInt(PAGE - 1) & U64_MAX, domain }; // PAGE_MASK; an empty iova_list
+  if (!domain) return { ranges: [], pgsizes: ~BigInt(s.pageSize - 1) & U64_MAX, domain }; // PAGE_MASK; an empty iova_list
   return { ranges: s.geometry.ranges.map((r) => ({ ...r })), pgsizes: s.geometry.pgsizes, domain };
 }
 

@@ -17,7 +17,13 @@ import { attr, link, mkdir, mknod, mknodIfAbsent, put, remove, symlink, writeFil
 import type { FakeRegion, HostOptions, MdevOptions, PciDeviceOptions } from './types.js';
 
 /** each IOMMU unit's device directory, where /sys/class/iommu/<unit> points */
-const IOMMU_UNIT = { intel: '/sys/devices/virtual/iommu/dmar0', virtio: '/sys/devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0' } as const;
+const IOMMU_UNIT = {
+  intel: '/sys/devices/virtual/iommu/dmar0',
+  virtio: '/sys/devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0',
+  smmuv3: '/sys/devices/platform/9050000.smmuv3/iommu/smmu3.0x0000000009050000',
+} as const;
+/** QEMU virt's GICv3 ITS in the device tree, as an arm64 guest of the test bed shows it */
+const GIC_ITS_NODE = '/sys/firmware/devicetree/base/intc@8000000/its@8080000';
 
 /** The tree before any device: /proc/self, the modules loaded, the bus's attributes, what doctor reads. */
 export function buildHost(s: FakeState, options: Omit<HostOptions, 'devices' | 'mdevs'>): void {
@@ -33,6 +39,10 @@ export function buildHost(s: FakeState, options: Omit<HostOptions, 'devices' | '
     // intel-iommu's attributes print the registers with %llx
     writeFile(s, `${IOMMU_UNIT.intel}/intel-iommu/cap`, FAKE_VTD.cap.toString(16));
     writeFile(s, `${IOMMU_UNIT.intel}/intel-iommu/ecap`, (s.iommuDirtyTracking ? FAKE_VTD.ecap | (1n << 45n) | (1n << 43n) : FAKE_VTD.ecap).toString(16));
+  }
+  if (s.iommu === 'smmuv3') {
+    symlink(s, '/sys/class/iommu/smmu3.0x0000000009050000', '../../devices/platform/9050000.smmuv3/iommu/smmu3.0x0000000009050000');
+    writeFile(s, `${GIC_ITS_NODE}/compatible`, 'arm,gic-v3-its\0');
   }
   if (s.iommu === 'virtio') {
     symlink(s, '/sys/class/iommu/0000:00:01.0', '../../devices/pci0000:00/0000:00:01.0/virtio0/iommu/0000:00:01.0');
@@ -180,7 +190,7 @@ function attach(s: FakeState, dev: DeviceState, groupId: number | null, emulated
     g.members.push(dev);
     dev.group = g;
     link(s, `${dev.sysfsPath}/iommu_group`, `/sys/kernel/iommu_groups/${groupId}`);
-    const unit = s.iommu === 'intel' || s.iommu === 'virtio' ? IOMMU_UNIT[s.iommu] : null;
+    const unit = s.iommu === 'intel' || s.iommu === 'virtio' || s.iommu === 'smmuv3' ? IOMMU_UNIT[s.iommu] : null;
     if (unit && !emulated) link(s, `${dev.sysfsPath}/iommu`, unit);
     link(s, `/sys/kernel/iommu_groups/${groupId}/devices/${dev.name}`, dev.sysfsPath);
   }

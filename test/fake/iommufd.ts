@@ -14,7 +14,7 @@ import {
 } from '../../src/uapi/iommufd.js';
 import { ioctlError } from './errno.js';
 import { allocIova, dropAreas, insertArea, pinArea, userMemory } from './memory.js';
-import { PAGE, U64_MAX, type DmaArea, type FakeState, type IoasObject, type IommufdCtx, type OpenFile } from './state.js';
+import { U64_MAX, type DmaArea, type FakeState, type IoasObject, type IommufdCtx, type OpenFile } from './state.js';
 
 type Arg = number | Buffer | undefined;
 
@@ -86,7 +86,7 @@ function ioasGeometry(s: FakeState, ctx: IommufdCtx, ioasId: number): { ranges: 
   const domain = [...ctx.objects.values()].some((o) => o.type === 'hwpt' && o.ioas === ioasId && o.users > 0);
   const access = [...s.devices.values()].some((d) => [...d.files].some((f) => f.ctx === ctx && f.attachedPt === ioasId));
   if (domain) return { ranges: s.geometry.ranges.map((r) => ({ ...r })), alignment: s.geometry.pgsizes & -s.geometry.pgsizes, domain };
-  return { ranges: [{ start: 0n, last: U64_MAX }], alignment: access ? BigInt(PAGE) : 1n, domain };
+  return { ranges: [{ start: 0n, last: U64_MAX }], alignment: access ? BigInt(s.pageSize) : 1n, domain };
 }
 
 /** iommufd_ioas_iova_ranges: the ranges go through the user pointer allowed_iovas */
@@ -130,11 +130,11 @@ export function ioasMap(s: FakeState, ctx: IommufdCtx, arg: Arg): number {
     if (!g.ranges.some((r) => iova >= r.start && iova + m.length - 1n <= r.last)) throw ioctlError('EINVAL'); // a reserved IOVA intersects
     if (ioas.areas.some((a) => iova < a.iova + a.length && a.iova < iova + m.length)) throw ioctlError('EEXIST');
   } else {
-    const found = allocIova(ioas.areas, g.ranges, m.length, BigInt(Math.max(PAGE, Number(g.alignment))));
+    const found = allocIova(ioas.areas, g.ranges, m.length, BigInt(Math.max(s.pageSize, Number(g.alignment))));
     if (found === null) throw ioctlError('ENOSPC');
     iova = found;
   }
-  if ((m.user_va % BigInt(PAGE)) & (g.alignment - 1n)) throw ioctlError('EINVAL'); // area->page_offset
+  if ((m.user_va % BigInt(s.pageSize)) & (g.alignment - 1n)) throw ioctlError('EINVAL'); // area->page_offset
   const area = pinArea(s, m.user_va, iova, m.length, (m.flags & F.READABLE) !== 0, (m.flags & F.WRITEABLE) !== 0, g.domain);
   insertArea(ioas.areas, area);
   writeField(buf, iommu_ioas_map.fields.iova, iova);
@@ -178,7 +178,7 @@ export function checkAttach(s: FakeState, ctx: IommufdCtx, ioasId: number, ioas:
   const before = ioasGeometry(s, ctx, ioasId);
   if (before.domain) return;
   const ranges = domain ? s.geometry.ranges : before.ranges;
-  const align = domain ? s.geometry.pgsizes & -s.geometry.pgsizes : BigInt(PAGE);
+  const align = domain ? s.geometry.pgsizes & -s.geometry.pgsizes : BigInt(s.pageSize);
   for (const a of ioas.areas) {
     if (!ranges.some((r) => a.iova >= r.start && a.iova + a.length - 1n <= r.last)) throw ioctlError('EADDRINUSE');
     if ((a.iova | a.length | BigInt(a.offset)) & (align - 1n)) throw ioctlError('EADDRINUSE');

@@ -52,6 +52,9 @@ export class FakeKernel implements Kernel {
     host.buildHost(this.s, options);
   }
 
+  get pageSize(): number { return this.s.pageSize; }
+  get hugePageSize(): number { return this.s.hugePageSize; }
+
   /** A host as the test bed boots it: the kernel, the IOMMU, and devices bound as given. */
   static host(options: HostOptions = {}): FakeKernel {
     const k = new FakeKernel(options);

@@ -10,7 +10,7 @@ import { VFIO_NOIOMMU_IOMMU, VFIO_PCI_REGION } from '../../src/uapi/vfio.js';
 import { releaseDeviceFile } from './device.js';
 import { ioctlError, sysError } from './errno.js';
 import { barRead, barWrite } from './regions.js';
-import { HUGE_PAGE, PAGE, type DeviceState, type DmaArea, type FakeState, type MemMapping } from './state.js';
+import { HUGE_PAGE, type DeviceState, type DmaArea, type FakeState, type MemMapping } from './state.js';
 import type { DmaFault } from './types.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -18,7 +18,7 @@ import type { DmaFault } from './types.js';
 
 export function allocDma(s: FakeState, len: number, hugePages: boolean): ArrayBuffer {
   if (hugePages) {
-    const pages = Math.ceil(len / HUGE_PAGE);
+    const pages = Math.ceil(len / s.hugePageSize);
     if (pages > s.hugePagesFree) throw sysError('ENOMEM', 'mmap'); // MAP_HUGETLB without reserved pages
     s.hugePagesFree -= pages;
   }
@@ -27,10 +27,10 @@ export function allocDma(s: FakeState, len: number, hugePages: boolean): ArrayBu
 }
 
 export function newMapping(s: FakeState, kind: MemMapping['kind'], length: number, hugePages: boolean, thpAligned = false): MemMapping {
-  const align = BigInt(hugePages || thpAligned ? HUGE_PAGE : PAGE);
+  const align = BigInt(hugePages ? s.hugePageSize : thpAligned ? HUGE_PAGE : s.pageSize);
   const address = ((s.nextVaddr + align - 1n) / align) * align;
   // a guard page between mappings: an access past one end never lands in the next one
-  s.nextVaddr = address + BigInt(Math.ceil(length / Number(align)) * Number(align) + PAGE);
+  s.nextVaddr = address + BigInt(Math.ceil(length / Number(align)) * Number(align) + s.pageSize);
   const buffer = new ArrayBuffer(length);
   const m: MemMapping = { kind, buffer, pages: buffer, address, length, mapped: true, hugePages, pins: 0 };
   s.mem.set(buffer, m);
@@ -46,7 +46,7 @@ export function unmap(s: FakeState, buffer: ArrayBuffer): void {
   const pages = buffer.byteLength > 0 ? structuredClone(buffer, { transfer: [buffer] }) : null;
   m.pages = m.pins > 0 ? pages : null;
   if (m.pins === 0) s.memList.delete(m);
-  if (m.hugePages) s.hugePagesFree += Math.ceil(m.length / HUGE_PAGE);
+  if (m.hugePages) s.hugePagesFree += Math.ceil(m.length / s.hugePageSize);
   if (m.region) {
     const r = m.region;
     r.device.mirrors.delete(m);
@@ -134,7 +134,7 @@ export function addonLength(length: unknown): number {
   return Number(n);
 }
 
-export const pageAlign = (n: number): number => Math.ceil(n / PAGE) * PAGE;
+export const pageAlign = (s: FakeState, n: number): number => Math.ceil(n / s.pageSize) * s.pageSize;
 
 /** little-endian, `width` bytes */
 export function readLE(b: Uint8Array, at: number, width: number): bigint {

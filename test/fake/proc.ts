@@ -64,10 +64,20 @@ export function defaultCmdline(release: string, iommu: HostOptions['iommu'], uns
   return parts.join(' ');
 }
 
-/** /proc/interrupts of a 2-CPU x86 guest: IR-IO-APIC and IR-PCI-MSI* domains when interrupts are remapped */
+/** /proc/interrupts of a 2-CPU x86 guest: IR-IO-APIC and IR-PCI-MSI* domains when interrupts are remapped;
+ *  of an arm64 guest (smmuv3) before any device allocated an MSI: the GICv3's own, no ITS-MSI line */
 export function procInterrupts(remapped: boolean, iommu: HostOptions['iommu']): string {
   const ir = remapped ? 'IR-' : '';
   const row = (irq: string, a: number, b: number, chip: string): string => `${`${irq}:`.padStart(4)} ${String(a).padStart(10)} ${String(b).padStart(10)}  ${chip}`;
+  if (iommu === 'smmuv3') {
+    return [
+      '           CPU0       CPU1',
+      row('10', 5123, 4987, 'GICv3  27 Level     arch_timer'),
+      row('12', 412, 0, 'GICv3  33 Level     uart-pl011'),
+      row('13', 0, 0, 'GICv3 140 Edge      arm-smmu-v3-evtq'),
+      row('IPI0', 230, 251, '      Rescheduling interrupts'),
+    ].join('\n');
+  }
   return [
     '            CPU0       CPU1',
     row('0', 36, 0, `${ir}IO-APIC    2-edge      timer`),

@@ -18,7 +18,7 @@ import {
 import { eduRead, eduWrite } from './edu.js';
 import { ioctlError, sysError, userStruct } from './errno.js';
 import { newMapping, pageAlign, readLE, writeLE } from './memory.js';
-import { PAGE, REGION_SHIFT, type DeviceFile, type DeviceState, type FakeState, type FdEntry, type MemMapping } from './state.js';
+import { REGION_SHIFT, type DeviceFile, type DeviceState, type FakeState, type FdEntry, type MemMapping } from './state.js';
 import { fileText } from './sysfs.js';
 import type { FakeRegion } from './types.js';
 
@@ -129,14 +129,14 @@ export function mmap(s: FakeState, e: FdEntry | undefined, offset: bigint, len: 
   if (f.kind !== 'device') throw sysError('ENODEV', 'mmap'); // no mmap file operation
   if (!f.bound) throw sysError('EINVAL', 'mmap'); // vfio_device_fops_mmap: !access_granted
   const off = BigInt(offset);
-  if (off % BigInt(PAGE) !== 0n) throw sysError('EINVAL', 'mmap');
+  if (off % BigInt(s.pageSize) !== 0n) throw sysError('EINVAL', 'mmap');
   // vfio_pci_core_mmap
   const index = Number(off >> REGION_SHIFT);
   const at = Number(off & ((1n << REGION_SHIFT) - 1n));
   const region = f.device.regions.get(index);
   if (index >= VFIO_PCI_REGION.ROM || !region || (region.flags & VFIO_REGION_INFO_FLAG.MMAP) === 0) throw sysError('EINVAL', 'mmap');
-  const physLen = pageAlign(Number(region.size));
-  if (at + pageAlign(len) > physLen) throw sysError('EINVAL', 'mmap');
+  const physLen = pageAlign(s, Number(region.size));
+  if (at + pageAlign(s, len) > physLen) throw sysError('EINVAL', 'mmap');
   if (region.sparseMmap && !region.sparseMmap.some((a) => BigInt(at) >= a.offset && BigInt(at + len) <= a.offset + a.size)) {
     throw sysError('EINVAL', 'mmap'); // the fake's choice: only the areas the capability names are mappable
   }

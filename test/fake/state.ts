@@ -247,11 +247,15 @@ export const dmaSafe = (d: DeviceState): boolean => d.driver === null || vfioDri
 /** the name a group's node and its vfio-class device have: N, or noiommu-N */
 export const groupName = (g: GroupState): string => (g.noiommu ? `noiommu-${g.id}` : String(g.id));
 
-/** intel-iommu in QEMU (aw-bits 39) with its MSI window; virtio-iommu (64-bit input range, 4 KiB pages) with the same window */
-const GEOMETRY: Record<'intel' | 'virtio', IommuGeometry> = {
+/** intel-iommu in QEMU (aw-bits 39) with its MSI window; virtio-iommu (64-bit input range, 4 KiB pages) with the same window;
+ *  SMMUv3 (44-bit input range) with the software MSI window arm-smmu-v3 reserves at 0x8000000 (1 MiB) */
+const GEOMETRY: Record<'intel' | 'virtio' | 'smmuv3', IommuGeometry> = {
   intel: { ranges: [{ start: 0n, last: 0xfedfffffn }, { start: 0xfef00000n, last: 0x7fffffffffn }], pgsizes: 0x40201000n },
   virtio: { ranges: [{ start: 0n, last: 0xfedfffffn }, { start: 0xfef00000n, last: U64_MAX }], pgsizes: ~0xfffn & U64_MAX },
+  smmuv3: { ranges: [{ start: 0n, last: 0x7ffffffn }, { start: 0x8100000n, last: 0xfffffffffffn }], pgsizes: 0x40201000n },
 };
+/** arm-smmu-v3's page sizes with the kernel's granule: the page, its PMD block, and with 4 KiB the 1 GiB block */
+const smmuPageSizes = (page: number): bigint => (page === 4096 ? 0x40201000n : BigInt(page) | BigInt((page / 8) * page));
 
 // ---------------------------------------------------------------------------------------------------
 
@@ -272,6 +276,9 @@ export class FakeState {
   /** fds closed that were not open (closeQuietly swallows the EBADF; tests look here) */
   readonly badCloses: number[] = [];
 
+  /** the kernel's page size and its PMD-sized huge page (HostOptions.pageSize) */
+  readonly pageSize: number;
+  readonly hugePageSize: number;
   readonly hasIommufd: boolean;
   readonly iommu: NonNullable<HostOptions['iommu']>;
   /** IOMMU_CAP_DIRTY_TRACKING */
@@ -346,8 +353,10 @@ export class FakeState {
       : { iommufd: unsafe ?? false, type1: unsafe ?? false };
     this.charLinks = options.charLinks ?? true;
     this.firstGroup = this.iommu === 'noiommu' || this.iommu === 'none' ? 0 : 3;
-    const g = GEOMETRY[this.iommu === 'virtio' ? 'virtio' : 'intel'];
-    this.geometry = { ranges: g.ranges.map((r) => ({ ...r })), pgsizes: g.pgsizes };
+    this.pageSize = options.pageSize ?? 4096;
+    this.hugePageSize = (this.pageSize / 8) * this.pageSize;
+    const g = GEOMETRY[this.iommu === 'virtio' || this.iommu === 'smmuv3' ? this.iommu : 'intel'];
+    this.geometry = { ranges: g.ranges.map((r) => ({ ...r })), pgsizes: this.iommu === 'smmuv3' ? smmuPageSizes(this.pageSize) : g.pgsizes };
   }
 }
 

@@ -63,8 +63,9 @@ export interface FakeRegion {
 export interface HostOptions {
   /** stock: CONFIG_IOMMUFD/VFIO_DEVICE_CDEV unset (Debian 6.1/6.12); iommufd: the test bed's 6.12c */
   kernel?: 'stock' | 'iommufd';
-  /** intel: MSI remapping; virtio: no MSI isolation (x86 virtio-iommu); none: no IOMMU; noiommu: vfio.enable_unsafe_noiommu_mode=1 */
-  iommu?: 'intel' | 'virtio' | 'none' | 'noiommu';
+  /** intel: MSI remapping; virtio: no MSI isolation (x86 virtio-iommu); smmuv3: arm64's, MSIs isolated
+   *  by the GICv3 ITS, its MSI window at 0x8000000; none: no IOMMU; noiommu: vfio.enable_unsafe_noiommu_mode=1 */
+  iommu?: 'intel' | 'virtio' | 'smmuv3' | 'none' | 'noiommu';
   /** default: one edu device at 0000:00:10.0 */
   devices?: PciDeviceOptions[];
   mdevs?: MdevOptions[];
@@ -84,6 +85,9 @@ export interface HostOptions {
    * and ipcLock default to false; /proc/self/status shows no capabilities.
    */
   root?: boolean;
+  /** the kernel's page size (default 4096; 65536 is an arm64 kernel with CONFIG_ARM64_64K_PAGES, and
+   *  the smmuv3 IOMMU then has 64 KiB pages too); huge pages follow it (512 MiB with 64 KiB) */
+  pageSize?: 4096 | 16384 | 65536;
   /** /proc/interrupts lists IR- (remapped) domains (default: with iommu 'intel') */
   interruptRemapping?: boolean;
   /** /proc/cmdline (default: what the test bed boots with for the IOMMU asked) */
