@@ -46,6 +46,19 @@ export interface DoctorReport {
 const ROUTE_ORDER: readonly RouteName[] = ['legacy', 'iommufd'];
 
 
+const DEVICE_TREE = '/sys/firmware/devicetree/base';
+
+/** The device-tree node of a GICv3 ITS (a child of the interrupt controller), or null. */
+function gicItsNode(kernel: Kernel): string | null {
+  for (const top of list(kernel, DEVICE_TREE).filter((n) => n.startsWith('intc'))) {
+    for (const child of list(kernel, `${DEVICE_TREE}/${top}`).filter((n) => n.startsWith('its'))) {
+      const node = `${DEVICE_TREE}/${top}/${child}`;
+      if ((read(kernel, `${node}/compatible`) ?? '').split('\0').includes('arm,gic-v3-its')) return node;
+    }
+  }
+  return null;
+}
+
 function list(kernel: Kernel, path: string): string[] {
   try {
     return kernel.readdir(path).sort();
@@ -96,17 +109,29 @@ class Facts {
   get noiommuMode(): boolean {
     return this.once('noiommu', () => read(this.kernel, '/sys/module/vfio/parameters/enable_unsafe_noiommu_mode') === 'Y');
   }
-  /** interrupt remapping, from the interrupt domains the kernel lists */
-  get remapped(): boolean {
-    return this.once('remapped', () => /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(read(this.kernel, '/proc/interrupts') ?? ''));
+  /**
+   * How MSIs are isolated, which VFIO requires (iommu_group_has_isolated_msi): x86 interrupt
+   * remapping, seen in the interrupt domains the kernel lists; or on arm64 a GICv3 ITS, whose MSI
+   * domain the kernel marks isolated, seen in the device tree (an ITS lists no interrupt in
+   * /proc/interrupts until a device allocates one). null: neither.
+   */
+  get msiIsolation(): { by: 'remapping' | 'its'; evidence: string } | null {
+    return this.once('msiIsolation', () => {
+      const interrupts = read(this.kernel, '/proc/interrupts') ?? '';
+      if (/\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(interrupts)) return { by: 'remapping' as const, evidence: '/proc/interrupts lists IR- (remapped) interrupt domains' };
+      const its = gicItsNode(this.kernel);
+      if (its) return { by: 'its' as const, evidence: `${its}: a GICv3 ITS` };
+      if (/\bITS-(PCI-)?MSI\b/.test(interrupts)) return { by: 'its' as const, evidence: '/proc/interrupts lists ITS-MSI interrupts' };
+      return null;
+    });
   }
   /** each route's allow_unsafe_interrupts parameter (null: its module is not loaded) */
   unsafeParam(route: RouteName): string | null {
     return this.once(`unsafe:${route}`, () => read(this.kernel, `/sys/module/${ROUTES[route].unsafeInterruptsModule}/parameters/allow_unsafe_interrupts`));
   }
-  /** whether VFIO would accept this IOMMU's interrupts on a route: remapped, or accepted unsafely */
+  /** whether VFIO would accept this IOMMU's interrupts on a route: isolated, or accepted unsafely */
   interruptsAllowed(route: RouteName): boolean {
-    return this.iommus.length === 0 || this.remapped || this.unsafeParam(route) === 'Y';
+    return this.iommus.length === 0 || this.msiIsolation !== null || this.unsafeParam(route) === 'Y';
   }
   /** the named device, or the error that says why it is not one (null without a spec) */
   get device(): { loc: DeviceLocation } | { error: VfioError } | null {
@@ -144,15 +169,21 @@ function iommuCheck(f: Facts): Check {
   };
 }
 
-/** Without interrupt remapping VFIO refuses devices (EPERM) unless told to accept the risk, which each route is told separately. */
+/**
+ * Without isolated MSIs (x86 interrupt remapping, an arm64 GICv3 ITS) VFIO refuses devices (EPERM)
+ * unless told to accept the risk, which each route is told separately. The check keeps the id it had
+ * when only x86 was known.
+ */
 function interruptRemappingCheck(f: Facts): Check | null {
   if (f.iommus.length === 0) return null;
   const set = ROUTE_ORDER.filter((r) => f.unsafeParam(r) !== null);
+  const isolation = f.msiIsolation;
   const evidence = [
-    f.remapped ? '/proc/interrupts lists IR- (remapped) interrupt domains' : '/proc/interrupts lists no IR- (remapped) interrupt domain',
+    isolation?.evidence ?? '/proc/interrupts lists no IR- (remapped) interrupt domain, and the device tree no GICv3 ITS',
     ...set.map((r) => `${ROUTES[r].unsafeInterruptsModule}.allow_unsafe_interrupts=${f.unsafeParam(r)}`),
   ];
-  if (f.remapped) return { id: 'interrupt-remapping', status: 'ok', summary: 'interrupt remapping is enabled', evidence };
+  if (isolation?.by === 'remapping') return { id: 'interrupt-remapping', status: 'ok', summary: 'interrupt remapping is enabled', evidence };
+  if (isolation?.by === 'its') return { id: 'interrupt-remapping', status: 'ok', summary: 'MSIs are isolated by the GICv3 ITS (no interrupt remapping needed)', evidence };
   const accepted = ROUTE_ORDER.filter((r) => f.unsafeParam(r) === 'Y');
   if (accepted.length > 0) {
     return { id: 'interrupt-remapping', status: 'warn', summary: `no interrupt remapping; accepted unsafely on the ${accepted.map((r) => `${r} route`).join(' and ')}`, evidence };

@@ -108,6 +108,34 @@ describe('doctor: the IOMMU and interrupt remapping', () => {
     assert.ok(e instanceof VfioError && e.exitCode === ExitCode.NO_ROUTE);
   });
 
+  test('arm64 SMMUv3 with a GICv3 ITS in the device tree: MSIs isolated, ok without any unsafe parameter, and bind agrees', () => {
+    const r = run(FakeKernel.host({ iommu: 'smmuv3' }), EDU);
+    const ir = check(r, 'interrupt-remapping');
+    assert.equal(ir.status, 'ok');
+    assert.match(ir.summary, /isolated by the GICv3 ITS/);
+    assert.equal(ir.evidence[0], '/sys/firmware/devicetree/base/intc@8000000/its@8080000: a GICv3 ITS');
+    assert.ok(ir.evidence.includes('iommufd.allow_unsafe_interrupts=N'));
+    assert.equal(check(r, 'route').status, 'ok');
+    assert.equal(r.exit_code, 0);
+    using dev = openDevice(EDU, { kernel: FakeKernel.host({ iommu: 'smmuv3' }) });
+    assert.equal(dev.route, 'iommufd');
+  });
+
+  test('arm64 without an ITS (its device-tree node gone, no ITS-MSI interrupt): fail, exit 6', () => {
+    const k = FakeKernel.host({ iommu: 'smmuv3' }).hide('/sys/firmware/devicetree/base/intc@8000000/its@8080000');
+    const ir = check(run(k, EDU), 'interrupt-remapping');
+    assert.equal(ir.status, 'fail');
+    assert.match(ir.evidence[0]!, /no GICv3 ITS/);
+  });
+
+  test('arm64 whose device tree is not readable, once a device has an MSI: the ITS-MSI interrupt shows the ITS', () => {
+    const k = FakeKernel.host({ iommu: 'smmuv3' }).hide('/sys/firmware/devicetree/base/intc@8000000/its@8080000');
+    k.attr('/proc/interrupts', () => '           CPU0       CPU1\n 14:          0          0  ITS-MSI 524288 Edge      vfio-msi[0](0000:00:10.0)');
+    const ir = check(run(k, EDU), 'interrupt-remapping');
+    assert.equal(ir.status, 'ok');
+    assert.equal(ir.evidence[0], '/proc/interrupts lists ITS-MSI interrupts');
+  });
+
   test('an intel IOMMU whose interrupts are not remapped (IR off): the same failure', () => {
     const r = run(FakeKernel.host({ iommu: 'intel', interruptRemapping: false }));
     assert.equal(check(r, 'interrupt-remapping').status, 'fail');
