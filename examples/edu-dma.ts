@@ -4,7 +4,7 @@
 // with edu's DMA engine, waits for edu's completion interrupt on the MSI eventfd, and then shows the
 // IOMMU at work: a DMA to an IOVA that was just unmapped completes on the device's side, leaves the
 // buffer untouched, and the guest kernel logs the IOMMU fault. Exits 0 when every check held. With
-// --huge-pages its buffers are 2 MiB huge pages (MAP_HUGETLB: reserve some in vm.nr_hugepages first).
+// --huge-pages its buffers are huge pages (2 MiB; 512 MiB with 64 KiB pages) (MAP_HUGETLB: reserve some in vm.nr_hugepages first).
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { allocDmaBuffer, HUGE_PAGE_SIZE, openDevice, PCI_COMMAND, type RegionMapping, type RoutePolicy } from '../src/index.js';
@@ -35,6 +35,23 @@ const hugePages = hugeAt >= 0 && args.splice(hugeAt, 1).length === 1;
 const spec = args[0] ?? '0000:00:10.0';
 
 let failures = 0;
+/**
+ * The kernel's report of a DMA fault at `iova`: intel-iommu's DMAR record or virtio-iommu's page fault,
+ * one line each; or arm-smmu-v3's event, which prints its four raw 64-bit words on lines of their own,
+ * the third being the input address (F_TRANSLATION 0x10, F_ADDR_SIZE 0x11, F_ACCESS 0x12, F_PERMISSION 0x13).
+ */
+function faultLine(log: string, iova: bigint): string | undefined {
+  const lines = log.split('\n').map((l) => l.replace(/^\[[^\]]*\]\s*/, '').trim());
+  const x86 = lines.find((l) => (/DMAR: \[DMA Write/.test(l) || /DMAR:.*fault addr/.test(l) || /page fault from EP/.test(l)) && l.includes(iova.toString(16)));
+  if (x86) return x86;
+  for (let i = 0; i < lines.length; i++) {
+    if (!/arm-smmu-v3 .*: event 0x1[0-3] received:$/.test(lines[i]!)) continue;
+    const address = /:\s+0x([0-9a-f]{16})$/.exec(lines[i + 3] ?? '');
+    if (address && BigInt(`0x${address[1]}`) === iova) return `${lines[i]} ... ${lines[i + 3]!.replace(/^\S+ \S+ /, '')}`;
+  }
+  return undefined;
+}
+
 function check(ok: boolean, what: string): void {
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
   if (!ok) failures++;
@@ -70,14 +87,14 @@ try {
   device.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
   const msi = device.enableIrqs('MSI').vector(0);
 
-  const size = hugePages ? HUGE_PAGE_SIZE : 4096;
+  const size = hugePages ? HUGE_PAGE_SIZE : 4096; // one page: 4 KiB, or a 64 KiB page on such an arm64 kernel
   const source = allocDmaBuffer(size, { hugePages });
   const target = allocDmaBuffer(size, { hugePages });
   const pattern = randomBytes(TRANSFER);
   pattern.copy(source.bytes);
   const src = ctx.map(source, { limit: EDU_DMA_LIMIT });
   const dst = ctx.map(target, { limit: EDU_DMA_LIMIT });
-  console.log(`     mapped two ${hugePages ? '2 MiB huge' : '4 KiB'} pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
+  console.log(`     mapped two ${source.size / 1024} KiB ${hugePages ? 'huge ' : ''}pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
 
   // RAM -> edu, with its completion interrupt
   await dma(bar, src.iova, EDU_BUFFER, TRANSFER, DMA_IRQ);
@@ -113,10 +130,8 @@ try {
       return '';
     }
   })();
-  const iovaHex = dst.iova.toString(16);
-  const fault = log.split('\n').find((l) =>
-    (/DMAR: \[DMA Write/.test(l) || /DMAR:.*fault addr/.test(l) || /page fault from EP/.test(l)) && l.includes(iovaHex.replace(/^0+/, '')));
-  check(fault !== undefined, `the kernel logged the IOMMU fault at IOVA ${hex(dst.iova)}${fault ? `: ${fault.replace(/^\[[^\]]*\]\s*/, '').trim()}` : ''}`);
+  const fault = faultLine(log, dst.iova);
+  check(fault !== undefined, `the kernel logged the IOMMU fault at IOVA ${hex(dst.iova)}${fault ? `: ${fault}` : ''}`);
 
   ctx.unmap(src);
   source.free();

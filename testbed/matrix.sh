@@ -29,7 +29,8 @@ MORE_DEVICES=("${EDU2[@]}" --device pcie-root-port,id=rp1,chassis=1,addr=13.0 --
               --device pcie-root-port,id=rp3,chassis=3,addr=17.0 --device e1000e,bus=rp3,id=nic-aer,romfile=
               --qemu -global --qemu ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off)
 
-# Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options) and CHECK (the guest's assertions).
+# Each case sets KERNEL, IOMMU, VM_ARGS (more run-vm options), CHECK (the guest's assertions) and, for
+# an arm64 guest, ARCH=arm64.
 # The cases race.test.ts races in boot with --mttcg and run ALONE: single-threaded TCG runs the vCPUs
 # in turn, so two claims of a few hundred microseconds would almost never meet inside the kernel.
 # Guest commands see the checkout as their working directory and $VFIO_PROBE, a C witness (guest/vfio-probe.c).
@@ -64,12 +65,29 @@ case_iommufd-6.12-mtty() { KERNEL=iommufd-6.12 IOMMU=none
 	       && $G/check-exposed.sh /sys/bus/mdev/devices/$MTTY_UUID group=node vfio_dev_attr=yes cdev=yes iommu=yes
 	       && $G/expect-probe.sh iommufd /sys/bus/mdev/devices/$MTTY_UUID ok
 	       && $G/expect-probe.sh legacy /sys/bus/mdev/devices/$MTTY_UUID ok"; }
+# arm64: QEMU's virt machine with SMMUv3 and the GICv3 ITS, the same edu at 00:10.0. MSIs are
+# isolated by the ITS: no allow_unsafe_interrupts anywhere.
+case_stock-6.1-smmuv3() { ARCH=arm64 KERNEL=stock-6.1 IOMMU=smmuv3 VM_ARGS=("${EDU2[@]}")
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
+	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
+case_stock-6.12-smmuv3() { ARCH=arm64 KERNEL=stock-6.12 IOMMU=smmuv3 VM_ARGS=("${EDU2[@]}")
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=no cdev=no iommu=no
+	       && $G/expect-probe.sh legacy $E ok && $G/expect-probe.sh iommufd $E open-iommu ENOENT"; }
+case_iommufd-6.12-smmuv3() { ARCH=arm64 KERNEL=iommufd-6.12 IOMMU=smmuv3 VM_ARGS=("${EDU2[@]}" --mttcg) ALONE=1
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=yes cdev=yes iommu=yes
+	       && $G/expect-probe.sh iommufd $E ok && $G/expect-probe.sh legacy $E ok"; }
+# 64 KiB pages: the kernel's, and so the SMMU's granule
+case_iommufd-6.12-64k-smmuv3() { ARCH=arm64 KERNEL=iommufd-6.12-64k IOMMU=smmuv3 VM_ARGS=("${EDU2[@]}")
+	CHECK="$G/check-exposed.sh $E driver=vfio-pci group=node vfio_dev=yes vfio_dev_attr=yes cdev=yes iommu=yes
+	       && test \"\$(getconf PAGESIZE)\" = 65536
+	       && $G/expect-probe.sh iommufd $E ok && $G/expect-probe.sh legacy $E ok"; }
 # The cases that run ALONE first, one after the other; then the rest two at a time, longest first, so
 # that the guests running side by side finish together instead of one long case starting last.
-ALL=(iommufd-6.12-virtio iommufd-6.12-hidden-iommu stock-6.1-intel
-     iommufd-6.12-intel iommufd-6.12-mtty stock-6.12-intel iommufd-6.12-noiommu iommufd-6.12-virtio-strict)
+ALL=(iommufd-6.12-virtio iommufd-6.12-hidden-iommu stock-6.1-intel iommufd-6.12-smmuv3
+     iommufd-6.12-intel iommufd-6.12-64k-smmuv3 stock-6.12-smmuv3 stock-6.1-smmuv3
+     iommufd-6.12-mtty stock-6.12-intel iommufd-6.12-noiommu iommufd-6.12-virtio-strict)
 
-load_case() { KERNEL="" IOMMU="" VM_ARGS=() CHECK="" ALONE=0
+load_case() { ARCH=amd64 KERNEL="" IOMMU="" VM_ARGS=() CHECK="" ALONE=0
 	declare -F "case_$1" >/dev/null || die "unknown case '$1' (matrix.sh --list shows the cases)"
 	"case_$1"
 	# then the library's own real-kernel tests (test/vm), all in one node process
@@ -88,17 +106,23 @@ done
 for c in "${cases[@]}"; do load_case "$c"; done     # fail fast on a misspelt case
 
 "$TESTBED_DIR/setup-host.sh"
-PROBE=$("$TESTBED_DIR/build-probe.sh")
-# Fetch and build every kernel first, so the boots below are timed alone.
-for k in $(for c in "${cases[@]}"; do load_case "$c"; echo "$KERNEL"; done | sort -u); do
-	"$TESTBED_DIR/kernel.sh" "$k" >/dev/null || die "kernel $k is not available"
+# Fetch and build every kernel first, so the boots below are timed alone; an arm64 case also needs
+# the arm64 C witness and the checkout's arm64 prebuilt addon.
+declare -A PROBES=()
+for ak in $(for c in "${cases[@]}"; do load_case "$c"; echo "$ARCH/$KERNEL"; done | sort -u); do
+	"$TESTBED_DIR/kernel.sh" "${ak#*/}" "${ak%/*}" >/dev/null || die "kernel ${ak#*/} ($ak) is not available"
+	[ -n "${PROBES[${ak%/*}]:-}" ] || PROBES[${ak%/*}]=$("$TESTBED_DIR/build-probe.sh" "${ak%/*}")
+	if [ "${ak%/*}" = arm64 ] && [ -z "${ARM64_ADDON:-}" ]; then   # rebuilt: seconds, and never stale
+		node scripts/build-addon.mjs --all >&2 || die "cannot build the arm64 addon"
+		ARM64_ADDON=built
+	fi
 done
 
 if [ ${#cmd[@]} -gt 0 ]; then
 	[ ${#cases[@]} = 1 ] || die "a command runs in exactly one case"
 	load_case "${cases[0]}"
-	exec "$TESTBED_DIR/run-vm.sh" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-		--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
+	exec "$TESTBED_DIR/run-vm.sh" --arch "$ARCH" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+		--env "VFIO_PROBE=${PROBES[$ARCH]}" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=${cases[0]}" -- "${cmd[*]}"
 fi
 
 # Two guests at a time by default: each QEMU (single-threaded TCG) keeps one core busy.
@@ -110,11 +134,11 @@ run_case() { # case -> writes $logs/<case>.{out,rc,time}
 	load_case "$c"
 	s=$(date +%s.%N)
 	if [ "${VM_VERBOSE:-0}" = 1 ]; then
-		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
+		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --arch "$ARCH" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+			--env "VFIO_PROBE=${PROBES[$ARCH]}" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" 2>&1 | tee "$logs/$c.out"; rc=${PIPESTATUS[0]}
 	else
-		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
-			--env "VFIO_PROBE=$PROBE" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
+		"$TESTBED_DIR/run-vm.sh" --quiet --timeout "${VM_CASE_TIMEOUT:-900}" --arch "$ARCH" --kernel "$KERNEL" --iommu "$IOMMU" "${VM_ARGS[@]+"${VM_ARGS[@]}"}" \
+			--env "VFIO_PROBE=${PROBES[$ARCH]}" --env "VFIO_BIND_CONSUMER=${VFIO_BIND_CONSUMER:-}" --env "VM_CASE=$c" -- "$CHECK" > "$logs/$c.out" 2>&1; rc=$?
 	fi
 	printf '%.1f' "$(echo "$(date +%s.%N) - $s" | bc)" > "$logs/$c.time"
 	echo "$rc" > "$logs/$c.rc"

@@ -9,14 +9,15 @@ const PAGE_SIZE = systemPageSize();
 export { loadAddon, type Addon } from './addon.js';
 
 /**
- * The V8 majors whose JIT and interpreter the VM suite proved to make each typed-array register access
- * one load or store of its width, none merged, dropped or hoisted (test/vm/mmio-direct.test.ts counts
- * the accesses the device sees, through QEMU's trace). 11 is Node 20's. Another engine's optimiser may
- * differ (a newer one may eliminate a store that a later store to the same address overwrites), so
- * until the suite has run on it, its accesses go through the addon.
+ * The V8 majors, per CPU architecture, whose JIT and interpreter the VM suite proved to make each
+ * typed-array register access one load or store of its width, none merged, dropped or hoisted
+ * (test/vm/mmio-direct.test.ts counts the accesses the device sees, through QEMU's trace). 11 is
+ * Node 20's. Another engine's optimiser, or its code generator for another architecture, may differ
+ * (a newer one may eliminate a store that a later store to the same address overwrites; arm64's may
+ * pair two adjacent loads into one ldp), so until the suite has run on it, accesses go through the addon.
  */
-const PROVEN_V8_MAJORS = [11];
-const directMmioProven = PROVEN_V8_MAJORS.includes(Number(process.versions.v8.split('.')[0]));
+const PROVEN_V8_MAJORS: Partial<Record<string, readonly number[]>> = { x64: [11], arm64: [11] };
+const directMmioProven = (PROVEN_V8_MAJORS[process.arch] ?? []).includes(Number(process.versions.v8.split('.')[0]));
 /** typed arrays index with 32-bit lengths here; a larger mapping (a GPU's BAR) keeps to the addon */
 const MAX_DIRECT_MAPPING = 2 ** 32 - 8;
 

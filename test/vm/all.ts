@@ -33,6 +33,7 @@ import './requests.test.js';
 import './claims.test.js';
 import './claims-dma.test.js';
 import './scenarios.test.js';
+import './pages.test.js';
 
 // What `node --test --test-timeout` would do: a case whose tests hang fails with a message, well
 // before the guest's own timeout (VM_CASE_TIMEOUT) kills it.

@@ -16,6 +16,10 @@ const NO_IOMMUFD = { step: 'open /dev/iommu', errno: 'ENOENT', reason: /this ker
 const EXPECT: Record<string, Expect> = {
   'stock-6.1-intel': { route: 'legacy', fallback: NO_IOMMUFD, group: /^\/dev\/vfio\/\d+$/ },
   'stock-6.12-intel': { route: 'legacy', fallback: NO_IOMMUFD, group: /^\/dev\/vfio\/\d+$/ },
+  'stock-6.1-smmuv3': { route: 'legacy', fallback: NO_IOMMUFD, group: /^\/dev\/vfio\/\d+$/ },
+  'stock-6.12-smmuv3': { route: 'legacy', fallback: NO_IOMMUFD, group: /^\/dev\/vfio\/\d+$/ },
+  'iommufd-6.12-smmuv3': { route: 'iommufd' },
+  'iommufd-6.12-64k-smmuv3': { route: 'iommufd' },
   'iommufd-6.12-intel': { route: 'iommufd' },
   'iommufd-6.12-virtio': { route: 'iommufd' },
   'iommufd-6.12-hidden-iommu': {
@@ -134,7 +138,7 @@ test('info shows edu\'s BAR0 and its ids read from config space', { skip: !expec
 });
 
 // The cases race.test.ts races in: its SIGKILL case checks the CLI's busy exit (4) there.
-const RACED_CASES = ['iommufd-6.12-virtio', 'iommufd-6.12-hidden-iommu', 'stock-6.1-intel'];
+const RACED_CASES = ['iommufd-6.12-virtio', 'iommufd-6.12-hidden-iommu', 'stock-6.1-intel', 'iommufd-6.12-smmuv3'];
 // where auto takes the iommufd route, both routes can hold the device; elsewhere only legacy can
 const iommufdUsable = expected?.route === 'iommufd';
 for (const route of ['iommufd', 'legacy'] as const) {

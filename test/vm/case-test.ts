@@ -32,4 +32,8 @@ export const CASE_TESTS: Readonly<Record<string, number>> = {
   'stock-6.12-intel': 27,
   'iommufd-6.12-noiommu': 9,
   'iommufd-6.12-virtio-strict': 5,
+  'stock-6.1-smmuv3': 18,
+  'stock-6.12-smmuv3': 18,
+  'iommufd-6.12-smmuv3': 20,
+  'iommufd-6.12-64k-smmuv3': 20,
 };

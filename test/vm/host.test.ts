@@ -88,7 +88,10 @@ const list = (p: string): string[] => {
 function expectedDoctor(): { statuses: Record<string, string>; exitCode: number; route: string | null } {
   const iommus = list('/sys/class/iommu');
   const noiommu = read('/sys/module/vfio/parameters/enable_unsafe_noiommu_mode') === 'Y';
-  const remapped = /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(read('/proc/interrupts') ?? '');
+  // MSIs isolated: x86 interrupt remapping, or an arm64 GICv3 ITS (in the device tree)
+  const dt = '/sys/firmware/devicetree/base';
+  const its = list(dt).filter((n) => n.startsWith('intc')).some((i) => list(`${dt}/${i}`).some((n) => (read(`${dt}/${i}/${n}/compatible`) ?? '').includes('arm,gic-v3-its')));
+  const remapped = its || /\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(read('/proc/interrupts') ?? '');
   const unsafe = ['vfio_iommu_type1', 'iommufd'].some((m) => read(`/sys/module/${m}/parameters/allow_unsafe_interrupts`) === 'Y');
   const vfioPci = fs.existsSync('/sys/bus/pci/drivers/vfio-pci');
   const driver = driverOf(EDU);
@@ -116,6 +119,25 @@ function expectedDoctor(): { statuses: Record<string, string>; exitCode: number;
   set('migration', 'info');
   return { statuses, exitCode: fails[0]?.[1] ?? 0, route };
 }
+
+test('arm64: the GICv3 ITS isolates MSIs, so both routes bind with every allow_unsafe_interrupts at N, and doctor says why', { skip: !CASE.endsWith('-smmuv3') && 'arm64 cases only' }, () => {
+  assert.doesNotMatch(read('/proc/cmdline') ?? '', /allow_unsafe_interrupts/, 'nothing on the kernel command line');
+  for (const m of ['vfio_iommu_type1', 'iommufd']) {
+    const param = read(`/sys/module/${m}/parameters/allow_unsafe_interrupts`);
+    if (param !== null) assert.equal(param, 'N', `${m}.allow_unsafe_interrupts`);
+  }
+  const routes = fs.existsSync('/dev/iommu') ? ['iommufd', 'legacy'] : ['legacy'];
+  for (const route of routes) {
+    const bind = runCli(['bind', EDU, '--route', route, '--json']);
+    assert.equal(bind.code, 0, `${route}: ${bind.stderr}`);
+    assert.equal(json(bind).route, route);
+  }
+  const doctor = json<DoctorReport>(runCli(['doctor', EDU, '--json']));
+  const isolation = check(doctor, 'interrupt-remapping');
+  assert.equal(isolation.status, 'ok');
+  assert.match(isolation.summary, /MSIs are isolated by the GICv3 ITS/);
+  assert.match(isolation.evidence[0]!, /^\/sys\/firmware\/devicetree\/base\/intc@[0-9a-f]+\/its@[0-9a-f]+: a GICv3 ITS$/);
+});
 
 test('doctor: each check\'s status and evidence as this guest\'s kernel really has them, and the exit code', () => {
   const r = runCli(['doctor', EDU, '--json']);
@@ -213,6 +235,7 @@ function sysfsFacts(bdf: string): { ids: string; regions: number; irqs: number }
 const SMOKE_ROUTE: Record<string, string> = {
   'stock-6.1-intel': 'legacy', 'stock-6.12-intel': 'legacy', 'iommufd-6.12-intel': 'iommufd', 'iommufd-6.12-virtio': 'iommufd',
   'iommufd-6.12-hidden-iommu': 'legacy', 'iommufd-6.12-noiommu': 'legacy',
+  'stock-6.1-smmuv3': 'legacy', 'stock-6.12-smmuv3': 'legacy', 'iommufd-6.12-smmuv3': 'iommufd', 'iommufd-6.12-64k-smmuv3': 'iommufd',
 };
 
 test('smoke: the route, the ids, regions and IRQs as sysfs has them, and a DMA page mapped and unmapped; the failures with their reason', async () => {

@@ -29,6 +29,8 @@ const PLAN: Record<string, { rounds: Partial<Record<Policy, number>>; mixed?: nu
   'iommufd-6.12-virtio': { rounds: { iommufd: 100, auto: 30 }, mixed: 30 },
   'iommufd-6.12-hidden-iommu': { rounds: { legacy: 100, auto: 30 }, autoFallback: ['open /dev/iommu', 'ENOENT'] },
   'stock-6.1-intel': { rounds: { legacy: 25 } },
+  // arm64 (SMMUv3), both routes, on multi-threaded TCG too
+  'iommufd-6.12-smmuv3': { rounds: { iommufd: 30, legacy: 30 } },
 };
 const plan = PLAN[CASE];
 

@@ -339,8 +339,9 @@ static int parse_sizes(const char *arg, unsigned long long *total, unsigned long
 			return 0;
 		end++;
 	}
-	/* whole pages, whole chunks, and IOVAs that end by 3 GiB, below x86's MSI window (0xfee00000) */
-	return *chunk > 0 && *chunk % 4096 == 0 && *total > 0 && *total % *chunk == 0 && *total <= 2 * DMA_IOVA;
+	/* whole pages (the kernel's: 64 KiB on some arm64 kernels), whole chunks, and IOVAs that end by
+	 * 3 GiB, below x86's MSI window (0xfee00000) and above arm-smmu-v3's (0x8000000) */
+	return *chunk > 0 && *chunk % (unsigned long long)sysconf(_SC_PAGESIZE) == 0 && *total > 0 && *total % *chunk == 0 && *total <= 2 * DMA_IOVA;
 }
 
 int main(int argc, char **argv)
