@@ -30,7 +30,7 @@ set -uo pipefail
 ARCH=amd64 KERNEL=stock-6.12 IOMMU="" TIMEOUT=300 QUIET=0 BIND=1234:11e8,1b36:0005 APPEND_EXTRA=""
 ACCEL=tcg,thread=single
 DEVICES=() ENVS=() EXTRA_QEMU=() DEFAULT_DEVICES=(edu,addr=10.0 pci-testdev,addr=11.0)
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
 		--arch) ARCH=${2:?}; shift 2 ;;
@@ -67,11 +67,11 @@ case $ARCH/$IOMMU in
 	amd64/intel) IOMMU_ARGS=(-device intel-iommu); APPEND="$APPEND intel_iommu=on" ;;
 	arm64/smmuv3) MACHINE=$MACHINE,iommu=smmuv3 ;;
 	*/intel|*/smmuv3) echo "run-vm: --iommu $IOMMU is not on $ARCH" >&2; exit 2 ;;
-	virtio) IOMMU_ARGS=(-device virtio-iommu-pci)
+	*/virtio) IOMMU_ARGS=(-device virtio-iommu-pci)
 	        APPEND="$APPEND vfio_iommu_type1.allow_unsafe_interrupts=1 iommufd.allow_unsafe_interrupts=1" ;;
-	virtio-strict) IOMMU_ARGS=(-device virtio-iommu-pci) ;;
-	none) ;;
-	noiommu) APPEND="$APPEND vfio.enable_unsafe_noiommu_mode=1" ;;
+	*/virtio-strict) IOMMU_ARGS=(-device virtio-iommu-pci) ;;
+	*/none) ;;
+	*/noiommu) APPEND="$APPEND vfio.enable_unsafe_noiommu_mode=1" ;;
 	*) echo "run-vm: unknown --iommu $IOMMU (intel | smmuv3 | virtio | virtio-strict | none | noiommu)" >&2; exit 2 ;;
 esac
 # Debian's kernels harden things the test bed does not exercise and TCG emulates slowly: CPU
