@@ -94,7 +94,8 @@ try {
   pattern.copy(source.bytes);
   const src = ctx.map(source, { limit: EDU_DMA_LIMIT });
   const dst = ctx.map(target, { limit: EDU_DMA_LIMIT });
-  console.log(`     mapped two ${source.size / 1024} KiB ${hugePages ? 'huge ' : ''}pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
+  const pageText = source.size >= 1 << 20 ? `${source.size >> 20} MiB` : `${source.size >> 10} KiB`;
+  console.log(`     mapped two ${pageText} ${hugePages ? 'huge ' : ''}pages at IOVA ${hex(src.iova)} and ${hex(dst.iova)}`);
 
   // RAM -> edu, with its completion interrupt
   await dma(bar, src.iova, EDU_BUFFER, TRANSFER, DMA_IRQ);

@@ -113,7 +113,7 @@ for ak in $(for c in "${cases[@]}"; do load_case "$c"; echo "$ARCH/$KERNEL"; don
 	"$TESTBED_DIR/kernel.sh" "${ak#*/}" "${ak%/*}" >/dev/null || die "kernel ${ak#*/} ($ak) is not available"
 	[ -n "${PROBES[${ak%/*}]:-}" ] || PROBES[${ak%/*}]=$("$TESTBED_DIR/build-probe.sh" "${ak%/*}")
 	if [ "${ak%/*}" = arm64 ] && [ -z "${ARM64_ADDON:-}" ]; then   # rebuilt: seconds, and never stale
-		node scripts/build-addon.mjs --all >&2 || die "cannot build the arm64 addon"
+		node "$TESTBED_DIR/../scripts/build-addon.mjs" --all >&2 || die "cannot build the arm64 addon"
 		ARM64_ADDON=built
 	fi
 done

@@ -154,10 +154,10 @@ test('the paths a bind opens (strace): only /sys, /dev/vfio, /dev/iommu and what
   const others = [...new Set(opened.filter((p) => !p.startsWith('/dev/') && !p.startsWith('/sys/') && !p.startsWith(root) && !p.startsWith('/proc/') &&
     !node.test(p) && !p.startsWith('/root/.cache/vfio-bind/')))];
   assert.deepEqual(others, [], 'nothing else: no /boot, no /etc but node\'s own, no home directory but the code cache');
-  // of /proc, only this process's own maps (the addon loader tells glibc from musl by them), and what
-  // node reads at start-up for its heap limits
+  // of /proc, only this process's own maps (the addon loader tells glibc from musl by them) and its
+  // auxiliary vector (the kernel's page size, read once), and what node reads at start-up for its heap limits
   const proc = [...new Set(opened.filter((p) => p.startsWith('/proc/')).map((p) => p.replace(/^\/proc\/(self|\d+)\//, '/proc/self/')))];
-  assert.deepEqual(proc.filter((p) => p !== '/proc/meminfo'), ['/proc/self/maps']);
+  assert.deepEqual(proc.filter((p) => p !== '/proc/meminfo').sort(), ['/proc/self/auxv', '/proc/self/maps']);
   fs.rmSync(trace, { force: true });
 });
 
