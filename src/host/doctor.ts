@@ -59,6 +59,26 @@ function gicItsNode(kernel: Kernel): string | null {
   return null;
 }
 
+const MADT = '/sys/firmware/acpi/tables/APIC';
+
+/** Whether ACPI's MADT (root may read it) lists a GIC ITS, subtable type 0x0F: arm64 servers describe
+ *  their interrupt controller there, not in a device tree. After the 36-byte header come 8 bytes of
+ *  the MADT's own, then subtables of (type, length, ...). */
+function madtHasGicIts(kernel: Kernel): boolean {
+  let table: Buffer;
+  try {
+    table = kernel.readBytes(MADT);
+  } catch {
+    return false;
+  }
+  if (table.length < 44 || table.toString('latin1', 0, 4) !== 'APIC') return false;
+  const end = Math.min(table.length, table.readUInt32LE(4));
+  for (let at = 44; at + 2 <= end && table[at + 1]! >= 2; at += table[at + 1]!) {
+    if (table[at] === 0x0f) return true;
+  }
+  return false;
+}
+
 function list(kernel: Kernel, path: string): string[] {
   try {
     return kernel.readdir(path).sort();
@@ -112,8 +132,8 @@ class Facts {
   /**
    * How MSIs are isolated, which VFIO requires (iommu_group_has_isolated_msi): x86 interrupt
    * remapping, seen in the interrupt domains the kernel lists; or on arm64 a GICv3 ITS, whose MSI
-   * domain the kernel marks isolated, seen in the device tree (an ITS lists no interrupt in
-   * /proc/interrupts until a device allocates one). null: neither.
+   * domain the kernel marks isolated, seen in the device tree or ACPI's MADT (an ITS lists no
+   * interrupt in /proc/interrupts until a device allocates one). null: none of these.
    */
   get msiIsolation(): { by: 'remapping' | 'its'; evidence: string } | null {
     return this.once('msiIsolation', () => {
@@ -121,6 +141,7 @@ class Facts {
       if (/\bIR-(PCI-MSI|IO-APIC|PCI-MSIX)/.test(interrupts)) return { by: 'remapping' as const, evidence: '/proc/interrupts lists IR- (remapped) interrupt domains' };
       const its = gicItsNode(this.kernel);
       if (its) return { by: 'its' as const, evidence: `${its}: a GICv3 ITS` };
+      if (madtHasGicIts(this.kernel)) return { by: 'its' as const, evidence: `${MADT} (ACPI's MADT) lists a GIC ITS` };
       if (/\bITS-(PCI-)?MSI\b/.test(interrupts)) return { by: 'its' as const, evidence: '/proc/interrupts lists ITS-MSI interrupts' };
       return null;
     });

@@ -164,6 +164,8 @@ export class FakeKernel implements Kernel {
 
   mkdir(p: string): this { sysfs.mkdir(this.s, p); return this; }
   writeFile(p: string, text: string): this { sysfs.writeFile(this.s, p, text); return this; }
+  /** a binary file (an ACPI table), as readBytes returns it */
+  writeBytes(p: string, data: Buffer): this { sysfs.put(this.s, p, { kind: 'file', text: '', data }); return this; }
   /** A sysfs or procfs attribute: reads run `read`, writes run `write` (none: read-only, EACCES). */
   attr(p: string, read: () => string, write?: (text: string, path: string) => void): this { sysfs.attr(this.s, p, read, write); return this; }
   symlink(p: string, target: string): this { sysfs.symlink(this.s, p, target); return this; }

@@ -128,6 +128,23 @@ describe('doctor: the IOMMU and interrupt remapping', () => {
     assert.match(ir.evidence[0]!, /no GICv3 ITS/);
   });
 
+  test('arm64 described by ACPI (no device tree): a GIC ITS subtable in the MADT counts; a MADT of GICC entries alone does not', () => {
+    /** a MADT: the 36-byte header, 8 bytes of its own, then subtables of (type, length, ...) */
+    const madt = (...subtables: [type: number, length: number][]): Buffer => {
+      const body = Buffer.concat(subtables.map(([type, length]) => Buffer.concat([Buffer.from([type, length]), Buffer.alloc(length - 2)])));
+      const t = Buffer.concat([Buffer.alloc(44), body]);
+      t.write('APIC', 0, 'latin1');
+      t.writeUInt32LE(t.length, 4);
+      return t;
+    };
+    const host = (table: Buffer): FakeKernel => FakeKernel.host({ iommu: 'smmuv3' })
+      .hide('/sys/firmware/devicetree/base/intc@8000000/its@8080000').writeBytes('/sys/firmware/acpi/tables/APIC', table);
+    const withIts = check(run(host(madt([0x0b, 80], [0x0c, 24], [0x0f, 20])), EDU), 'interrupt-remapping');
+    assert.equal(withIts.status, 'ok');
+    assert.equal(withIts.evidence[0], "/sys/firmware/acpi/tables/APIC (ACPI's MADT) lists a GIC ITS");
+    assert.equal(check(run(host(madt([0x0b, 80], [0x0b, 80], [0x0c, 24])), EDU), 'interrupt-remapping').status, 'fail');
+  });
+
   test('arm64 whose device tree is not readable, once a device has an MSI: the ITS-MSI interrupt shows the ITS', () => {
     const k = FakeKernel.host({ iommu: 'smmuv3' }).hide('/sys/firmware/devicetree/base/intc@8000000/its@8080000');
     k.attr('/proc/interrupts', () => '           CPU0       CPU1\n 14:          0          0  ITS-MSI 524288 Edge      vfio-msi[0](0000:00:10.0)');
