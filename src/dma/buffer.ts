@@ -3,13 +3,10 @@
 // memory the device still writes to. A mapped buffer stays alive until every context unmaps it.
 import { ClosedError, KernelError, UsageError } from '../errors.js';
 import { isSysError, type Kernel } from '../sys/kernel.js';
-import { hugePageSizeFor, systemPageSize } from '../sys/page-size.js';
+import { HUGE_PAGE_SIZE, PAGE_SIZE } from '../sys/page-size.js';
 import { MappableMemory, type DmaMemory, type DmaRevoker } from './memory.js';
 
-/** this host's page size: 4096, or 16384 or 65536 on some arm64 kernels */
-export const PAGE_SIZE = systemPageSize();
-/** the huge page that goes with it: 2 MiB with 4 KiB pages, 512 MiB with 64 KiB */
-export const HUGE_PAGE_SIZE = hugePageSizeFor(PAGE_SIZE);
+export { HUGE_PAGE_SIZE, PAGE_SIZE };
 
 export interface DmaBufferOptions {
   /** back the buffer with huge pages (HUGE_PAGE_SIZE; they must be reserved: /proc/sys/vm/nr_hugepages) */

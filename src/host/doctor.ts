@@ -200,7 +200,7 @@ function interruptRemappingCheck(f: Facts): Check | null {
   const set = ROUTE_ORDER.filter((r) => f.unsafeParam(r) !== null);
   const isolation = f.msiIsolation;
   const evidence = [
-    isolation?.evidence ?? '/proc/interrupts lists no IR- (remapped) interrupt domain, and the device tree no GICv3 ITS',
+    isolation?.evidence ?? '/proc/interrupts lists no IR- (remapped) interrupt domain, and the device tree and ACPI\'s MADT show no GICv3 ITS',
     ...set.map((r) => `${ROUTES[r].unsafeInterruptsModule}.allow_unsafe_interrupts=${f.unsafeParam(r)}`),
   ];
   if (isolation?.by === 'remapping') return { id: 'interrupt-remapping', status: 'ok', summary: 'interrupt remapping is enabled', evidence };

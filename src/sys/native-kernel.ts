@@ -2,9 +2,7 @@
 import fs from 'node:fs';
 import { loadAddon, type Addon } from './addon.js';
 import { isSysError, type FileStat, type Kernel, type SysErrorLike } from './kernel.js';
-import { hugePageSizeFor, systemPageSize } from './page-size.js';
-
-const PAGE_SIZE = systemPageSize();
+import { HUGE_PAGE_SIZE, PAGE_SIZE } from './page-size.js';
 
 export { loadAddon, type Addon } from './addon.js';
 
@@ -25,7 +23,7 @@ const toStat = (s: fs.Stats): FileStat => ({ mode: s.mode, rdev: s.rdev, isChara
 
 export class NativeKernel implements Kernel {
   readonly pageSize = PAGE_SIZE;
-  readonly hugePageSize = hugePageSizeFor(PAGE_SIZE);
+  readonly hugePageSize = HUGE_PAGE_SIZE;
   constructor(private readonly addon: Addon = loadAddon()) {}
   open(path: string): number {
     return fs.openSync(path, fs.constants.O_RDWR);

@@ -28,3 +28,8 @@ export function systemPageSize(): number {
  * MAP_HUGETLB's default pages and of transparent huge pages, and an IOMMU block size alike.
  */
 export const hugePageSizeFor = (pageSize: number): number => (pageSize / 8) * pageSize;
+
+/** this host's page size, read once per process: 4096, or 16384 or 65536 on some arm64 kernels */
+export const PAGE_SIZE = systemPageSize();
+/** the huge page that goes with it: 2 MiB with 4 KiB pages, 512 MiB with 64 KiB */
+export const HUGE_PAGE_SIZE = hugePageSizeFor(PAGE_SIZE);
