@@ -19,8 +19,12 @@
 #                     the price of QEMU 7.2's early int3 Oops in some boots, which are retried
 #   --timeout SEC     kill the guest after SEC seconds (default 300)
 #   --quiet           do not print the run's summary line
-# Exit status: the command's; 124 when the guest was killed at its timeout; 125 when the guest ended
-# without reporting a status (kernel panic, Oops, QEMU error): the tail of its serial log is shown.
+# Exit status: the command's; 124 when the guest was killed at its timeout, or twice for a stalled
+# kernel (below); 125 when the guest ended without reporting a status (kernel panic, Oops, QEMU
+# error): the tail of its serial log is shown.
+# A guest kernel whose CPU never wakes again (RCU reports "timer wakeup didn't happen" twice: a lost
+# timer interrupt, seen once in a stock-6.1 guest under multi-threaded TCG) is killed at once and
+# booted again, once; the first attempt's files move to attempt1/ and the output says so.
 # The host's hand on the guest: every guest has a QMP socket, and a guest test asks the host to run a
 # QMP (or, through human-monitor-command, HMP) command by writing it to /vmrun/host-requests/<id>.json;
 # testbed/qmp-relay.mjs runs it and writes <id>.reply.json; QMP events land in /vmrun/qmp-events.jsonl.
@@ -30,7 +34,7 @@ set -uo pipefail
 ARCH=amd64 KERNEL=stock-6.12 IOMMU="" TIMEOUT=300 QUIET=0 BIND=1234:11e8,1b36:0005 APPEND_EXTRA=""
 ACCEL=tcg,thread=single
 DEVICES=() ENVS=() EXTRA_QEMU=() DEFAULT_DEVICES=(edu,addr=10.0 pci-testdev,addr=11.0)
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 while [ $# -gt 0 ]; do
 	case $1 in
 		--arch) ARCH=${2:?}; shift 2 ;;
@@ -124,7 +128,7 @@ QEMU+=(-machine "$MACHINE" -accel "$ACCEL" -cpu "$CPU" -m "${VM_MEM:-2G}" -smp 2
 	"${DEV_ARGS[@]+"${DEV_ARGS[@]}"}" "${EXTRA_QEMU[@]+"${EXTRA_QEMU[@]}"}")
 # QMP on a short path (a unix socket path has at most 107 bytes; the run dir may be deep)
 QMP=$(mktemp -u /tmp/vfio-bind-qmp.XXXXXX)
-QEMU+=(-qmp "unix:$QMP,server=on,wait=off")
+QEMU+=(-qmp "unix:$QMP,server=on,wait=off" -pidfile "$RUN/qemu.pid")
 printf '%q ' "${QEMU[@]}" > "$RUN/qemu-cmdline"; echo >> "$RUN/qemu-cmdline"
 
 # One boot. With --mttcg, a boot that dies before the command starts with QEMU 7.2's int3 Oops (its
@@ -143,22 +147,51 @@ boot() {
 	t1=$!
 	tail -q -s 0.2 -n +1 -F --pid=$vm "$RUN/stderr" >&2 2>/dev/null &
 	t2=$!
+	watch_stall &
+	watcher=$!
 	wait $vm
 	wait $t1 $t2 2>/dev/null
+	kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
 	kill $relay 2>/dev/null; wait $relay 2>/dev/null; rm -f "$QMP"
 	elapsed=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
 
 	qrc=$(cat "$RUN/qemu.rc" 2>/dev/null || echo 125)
 	marker=$(grep -ao 'VMTEST_EXIT=[0-9]*' "$RUN/serial.log" | tail -1)
 }
+# Kills QEMU once RCU has twice reported a CPU whose timer never fired (the report repeats every ~21 s
+# of a stall that lasts): such a guest never recovers, and would otherwise sit until the timeout.
+STALL_LINE="kthread timer wakeup didn't happen"
+watch_stall() {
+	while sleep 2; do
+		[ "$(grep -ac "$STALL_LINE" "$RUN/serial.log" 2>/dev/null)" -ge 2 ] || continue
+		grep -a -m1 "$STALL_LINE" "$RUN/serial.log" > "$RUN/stalled"
+		kill -TERM "$(cat "$RUN/qemu.pid")" 2>/dev/null
+		return
+	done
+}
+stall_retried=0
 for attempt in 1 2 3; do
 	boot
+	if [ -f "$RUN/stalled" ] && [ $stall_retried = 0 ]; then
+		stall_retried=1
+		echo "[run-vm] STALL: the guest kernel lost a CPU's timer ($(sed 's/^\[[^]]*\] *//' "$RUN/stalled" | cut -c1-120)); booting again and running the command once more (the first attempt's files: $RUN/attempt1/)" >&2
+		mkdir "$RUN/attempt1"
+		for f in "$RUN"/*; do
+			case ${f##*/} in attempt1|cmd.sh|cwd|env|host-paths|qemu-cmdline) ;; *) mv "$f" "$RUN/attempt1/" ;; esac
+		done
+		: > "$RUN/stdout"; : > "$RUN/stderr"
+		continue
+	fi
 	[ "$ACCEL" = tcg,thread=multi ] && [ -z "$marker" ] && ! grep -q VMTEST_BEGIN "$RUN/serial.log" &&
 		grep -q "Oops: int3" "$RUN/serial.log" && [ $attempt -lt 3 ] || break
 	echo "[run-vm] the guest hit QEMU's multi-threaded TCG int3 Oops while booting; booting again" >&2
 	mv "$RUN/serial.log" "$RUN/serial.attempt$attempt.log"; rm -f "$RUN/qemu.rc"; : > "$RUN/stdout"; : > "$RUN/stderr"
 done
 show_tail() { echo "[run-vm] $1; last lines of the serial log ($RUN/serial.log):" >&2; tail -n 25 "$RUN/serial.log" >&2; }
+if [ -f "$RUN/stalled" ]; then
+	show_tail "STALL: the guest kernel lost a CPU's timer again, in its second boot"
+	exit 124
+fi
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
 	show_tail "TIMEOUT: the guest was killed after ${TIMEOUT}s"
 	exit 124
