@@ -66,7 +66,8 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
     this.cachedInfo = this.readInfo();
     if (this.cachedInfo.flags.includes('PCI')) {
       this.channels = this.kernelStep(() => HostChannels.arm(this.kernel, this.calls(), bound.binding.deviceFd, this.cachedInfo.irqs,
-        (signal, count) => this.hostSignal(signal, Number(count))));
+        (signal, count) => this.hostSignal(signal, Number(count)),
+        (signal, e) => this.watchFailed(signal, e)));
     }
     this.report = {
       device: location.name,
@@ -90,6 +91,13 @@ export class VfioDevice extends EventEmitter<VfioDeviceEvents> implements Dispos
   /** Whether the host can ask for the device back (REQ) and report its errors (ERR), as the kernel offers them. */
   get hostChannels(): { request: boolean; error: boolean } {
     return { request: this.channels?.has('request') ?? false, error: this.channels?.has('error') ?? false };
+  }
+
+  /** A channel's watch could not start (after the bind returned): said where a user sees it, not thrown into the loop. */
+  private watchFailed(signal: HostSignal, e: unknown): void {
+    const message = `${this.name}: the ${signal} channel's eventfd cannot be watched (${e instanceof Error ? e.message : String(e)}): the host's ${signal === 'request' ? 'requests for the device go unanswered until it is closed' : 'error reports go unheard'}`;
+    this.log.warn({ signal, err: e }, message);
+    process.emitWarning(message, { code: 'VFIO_BIND_WATCH_FAILED' });
   }
 
   private hostSignal(signal: HostSignal, count: number): void {

@@ -4,7 +4,10 @@
 // logs "No device request channel registered, blocked until released by user" and the host's unbind
 // hangs. It signals the error interrupt (VFIO_PCI_ERR_IRQ_INDEX, PCIe devices only) from its AER
 // error_detected handler. Both are eventfds watched on the event loop without keeping it alive: they
-// are armed for as long as the device is open.
+// are armed for as long as the device is open. The watch starts when the event loop next turns (a
+// signal before it waits in the eventfd's counter), so a bind and close in one synchronous stretch,
+// as the CLI's are, never starts one: libuv's start and stop are six system calls (FIONBIO, five
+// epoll_ctl) beyond what the kernel needs.
 import { StepError } from '../errors.js';
 import { deviceGetIrqInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
 import { closeQuietly, quietly, type StepCalls } from '../sys/calls.js';
@@ -17,37 +20,49 @@ const INDEX: Record<HostSignal, number> = { request: VFIO_PCI_IRQ.REQ, error: VF
 interface Armed {
   index: number;
   eventfd: number;
-  watch: object;
+  /** the watch, once started */
+  watch: object | null;
+  /** the start, until the loop turns */
+  starting: NodeJS.Immediate | null;
 }
 
 export class HostChannels {
   private readonly armed = new Map<HostSignal, Armed>();
 
-  private constructor(private readonly kernel: Kernel) {}
+  private constructor(
+    private readonly kernel: Kernel,
+    private readonly onSignal: (signal: HostSignal, count: bigint) => void,
+    private readonly onWatchFailed: (signal: HostSignal, e: unknown) => void,
+  ) {}
 
   /**
    * Arms every channel the device offers (an index it has, with one vector that can signal an eventfd).
    * A failure closes what was armed before it and is thrown.
    */
-  static arm(kernel: Kernel, calls: StepCalls, deviceFd: number, numIrqs: number, onSignal: (signal: HostSignal, count: bigint) => void): HostChannels {
-    const channels = new HostChannels(kernel);
+  static arm(
+    kernel: Kernel,
+    calls: StepCalls,
+    deviceFd: number,
+    numIrqs: number,
+    onSignal: (signal: HostSignal, count: bigint) => void,
+    onWatchFailed: (signal: HostSignal, e: unknown) => void,
+  ): HostChannels {
+    const channels = new HostChannels(kernel, onSignal, onWatchFailed);
     try {
       for (const signal of ['request', 'error'] as const) {
         const index = INDEX[signal];
         if (index >= numIrqs || !offers(calls, deviceFd, index)) continue;
         const eventfd = calls.run('eventfd', undefined, () => kernel.eventfd());
-        let watch: object | null = null;
         try {
           setIrqEventfds(calls, deviceFd, index, 0, [eventfd]);
-          watch = kernel.watch(eventfd, (err, count) => {
-            if (!err) onSignal(signal, count ?? 1n);
-          }, { keepAlive: false });
         } catch (e) {
-          if (watch) kernel.unwatch(watch);
           closeQuietly(kernel, eventfd);
           throw e;
         }
-        channels.armed.set(signal, { index, eventfd, watch });
+        const armed: Armed = { index, eventfd, watch: null, starting: null };
+        // ref'd, so that the start happens on the loop's next turn: it holds the loop for that turn only
+        armed.starting = setImmediate(() => channels.startWatch(signal, armed));
+        channels.armed.set(signal, armed);
       }
     } catch (e) {
       channels.close(calls, deviceFd);
@@ -70,10 +85,27 @@ export class HostChannels {
   close(calls: StepCalls, deviceFd: number): void {
     for (const a of this.armed.values()) {
       quietly(() => setIrqNone(calls, deviceFd, a.index, 'disable'));
-      this.kernel.unwatch(a.watch);
+      if (a.starting) clearImmediate(a.starting);
+      if (a.watch) this.kernel.unwatch(a.watch);
       closeQuietly(this.kernel, a.eventfd);
     }
     this.armed.clear();
+  }
+
+  /** Whether every channel's watch has started (they start when the event loop turns after the bind). */
+  get watching(): boolean {
+    return [...this.armed.values()].every((a) => a.watch !== null);
+  }
+
+  private startWatch(signal: HostSignal, a: Armed): void {
+    a.starting = null;
+    try {
+      a.watch = this.kernel.watch(a.eventfd, (err, count) => {
+        if (!err) this.onSignal(signal, count ?? 1n);
+      }, { keepAlive: false });
+    } catch (e) {
+      this.onWatchFailed(signal, e); // the channel stays wired in the kernel; nothing here hears it
+    }
   }
 }
 

@@ -26,6 +26,7 @@ export function watch(s: FakeState, fd: number, callback: (err: Error | null, co
   const w: WatchState = { efd, callback, active: true, keepAlive };
   efd.watches.push(w);
   s.watchList.add(w);
+  s.watchesStarted++;
   const handle = {};
   s.watchHandles.set(handle, w);
   if (efd.counter > 0n) schedule(efd); // level-triggered: an eventfd already readable fires at once

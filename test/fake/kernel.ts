@@ -211,6 +211,8 @@ export class FakeKernel implements Kernel {
   iommuMappings(): { owner: 'ioas' | 'container'; iova: bigint; length: bigint; address: bigint }[] { return memory.iommuMappings(this.s); }
   /** eventfd watches not unwatched */
   activeWatches(): number { return this.s.watchList.size; }
+  /** eventfd watches ever started */
+  startedWatches(): number { return this.s.watchesStarted; }
   /** eventfd watches that keep the event loop alive (a device's request channel does not) */
   keepAliveWatches(): number { return [...this.s.watchList].filter((w) => w.keepAlive).length; }
   /** edu's registers and DMA buffer (the live state: tests may change it) */
@@ -338,7 +340,8 @@ export class FakeKernel implements Kernel {
 
   eventfd(): number { return run(this.s, { call: 'eventfd' }, () => irqs.eventfd(this.s)); }
   watch(fd: number, callback: (err: Error | null, count?: bigint) => void, options: { keepAlive?: boolean } = {}): object {
-    return irqs.watch(this.s, fd, callback, options.keepAlive ?? true);
+    // not in the call log (libuv's epoll is not a VFIO call), but a rule can fail it
+    return run(this.s, { call: 'watch', fd }, () => irqs.watch(this.s, fd, callback, options.keepAlive ?? true), false);
   }
   unwatch(handle: object): void { irqs.unwatch(this.s, handle); }
 }

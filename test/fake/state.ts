@@ -313,6 +313,7 @@ export class FakeState {
   nextVaddr = VADDR_BASE;
   readonly watchHandles = new WeakMap<object, WatchState>();
   readonly watchList = new Set<WatchState>();
+  watchesStarted = 0;
   readonly iommufdCtxs = new Set<IommufdCtx>();
   readonly containers = new Set<ContainerState>();
   pinned = 0n;

@@ -107,7 +107,7 @@ export interface HostOptions {
 /** A call as the fake saw it, for the call log, listeners and failure rules. */
 export interface CallInfo {
   call: 'open' | 'close' | 'ioctl' | 'pread' | 'pwrite' | 'fstat' | 'stat' | 'readlink' | 'realpath' | 'readdir' | 'readText'
-    | 'mmap' | 'allocDma' | 'eventfd' | 'writeText' | 'unlink' | 'mkdirp' | 'readBytes' | 'read' | 'write';
+    | 'mmap' | 'allocDma' | 'eventfd' | 'watch' | 'writeText' | 'unlink' | 'mkdirp' | 'readBytes' | 'read' | 'write';
   path?: string;
   fd?: number;
   request?: number;

@@ -16,16 +16,57 @@ const released = (dev: VfioDevice): Promise<{ device: string; reason: string }> 
 
 for (const r of DEVICE_ROUTES) {
   describe(`the host's requests (${r.name})`, () => {
-    test('REQ is armed at bind, on an eventfd whose watch does not keep the process alive', () => {
+    test('REQ is armed at bind, on an eventfd whose watch (from the next turn of the loop) does not keep the process alive', async () => {
       const k = r.host();
       const dev = openDevice(EDU, { kernel: k });
       assert.equal(k.irqState(EDU).req, true);
       assert.deepEqual(dev.hostChannels, { request: true, error: false });
       assert.equal(eventfds(k), 1);
+      assert.equal(k.activeWatches(), 0, 'the watch starts when the loop turns');
+      await tick();
       assert.equal(k.activeWatches(), 1);
       assert.equal(k.keepAliveWatches(), 0);
       dev.close();
       assert.equal(k.irqState(EDU).req, false);
+      assertClean(k);
+    });
+
+    test('a bind closed before the loop turns never starts a watch; a request made before the watch starts is heard', async () => {
+      const k = r.host();
+      const warnings: Error[] = [];
+      const onWarning = (w: Error): number => warnings.push(w);
+      process.on('warning', onWarning);
+      const fdsBefore = k.openFds();
+      openDevice(EDU, { kernel: k }).close();
+      await tick();
+      await tick();
+      process.off('warning', onWarning);
+      assert.equal(k.startedWatches(), 0);
+      assert.deepEqual(warnings.map((w) => w.message), [], 'no start ran after close (it would watch a closed, or reused, fd number)');
+      assert.equal(k.openFds(), fdsBefore);
+      assertClean(k);
+      const dev = openDevice(EDU, { kernel: k });
+      const heard: number[] = [];
+      dev.on('request', (req) => heard.push(req.count));
+      assert.equal(k.raiseIrq(EDU, 'REQ'), true, 'the host asks at once, before any watch');
+      await tick();
+      await tick();
+      assert.deepEqual(heard, [1], 'the eventfd held the signal until the watch read it');
+      dev.close();
+      assertClean(k);
+    });
+
+    test('a watch that cannot start is a process warning naming the device and what goes unheard', async () => {
+      const k = r.host();
+      k.failNext({ call: 'watch', errno: 'ENOMEM' });
+      const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
+      const dev = openDevice(EDU, { kernel: k });
+      const w = await warned;
+      assert.equal((w as Error & { code?: string }).code, 'VFIO_BIND_WATCH_FAILED');
+      assert.match(w.message, /0000:00:10\.0: the request channel's eventfd cannot be watched \(.*ENOMEM.*\): the host's requests for the device go unanswered until it is closed/);
+      assert.equal(k.activeWatches(), 0);
+      assert.equal(k.irqState(EDU).req, true, "the channel stays wired: the host's unbind does not log 'blocked'");
+      dev.close();
       assertClean(k);
     });
 
