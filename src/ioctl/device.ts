@@ -41,7 +41,10 @@ const INFO = vfio_device_info.fields;
 /** VFIO_DEVICE_GET_INFO. */
 export function deviceGetInfo(calls: StepCalls, deviceFd: number): { flags: number; numRegions: number; numIrqs: number } {
   const v = deviceInfoView;
-  for (let at = 0; at < vfio_device_info.size; at += 4) v.setUint32(at, 0, true);
+  // argsz alone: of the input a driver reads only argsz (vfio-pci and the mdev samples copy in up to
+  // num_irqs and fill flags, num_regions and num_irqs themselves). argsz is set on every call because
+  // vfio-pci enlarges it when there are capabilities; cap_offset, which nothing here reads, keeps
+  // whatever the last answer had.
   v.setUint32(INFO.argsz[1], vfio_device_info.size, true);
   calls.ioctl('VFIO_DEVICE_GET_INFO', deviceFd, deviceInfoBuffer);
   return { flags: v.getUint32(INFO.flags[1], true), numRegions: v.getUint32(INFO.num_regions[1], true), numIrqs: v.getUint32(INFO.num_irqs[1], true) };
