@@ -172,6 +172,22 @@ for (const { total, chunk, rounds, goal, mode = 'map' } of dmaCases.filter((c) =
   }
 }
 
+if (wanted('dma-2m')) {
+  // The cause the gap above points to, in C alone: the witness's own loop, with and without a thread of
+  // its process doing what V8's helper threads do to the mm (mmap, touch, mprotect, munmap), and with a
+  // busy child process instead (another vCPU busy, no memory shared). Alternating, medians.
+  for (const route of ['iommufd', 'legacy'] as const) {
+    const runs: Record<'none' | 'thread' | 'process', number[]> = { none: [], thread: [], process: [] };
+    for (let round = 0; round < 5; round++) {
+      for (const busy of ['none', 'thread', 'process'] as const) {
+        runs[busy].push(cBench([...(busy === 'none' ? [] : ['-b', busy]), '-d', `${GiB}:${2 * MiB}`, route, EDU], 'ns_total') / 1e6);
+      }
+    }
+    console.log(ratioLine(`C's DMA map+unmap 1 GiB in 2 MiB (${route}), a busy thread beside it vs none`, median(runs.thread), median(runs.none), 'ms'));
+    console.log(ratioLine(`C's DMA map+unmap 1 GiB in 2 MiB (${route}), a busy child process vs none`, median(runs.process), median(runs.none), 'ms'));
+  }
+}
+
 if (wanted('dma-thp')) {
   // The issue's goal 3: with THP in madvise mode, allocDmaBuffer(2 MiB) advises its memory before
   // populating it, so it is huge pages; the naive C witness's plain mmaps are 4 KiB pages. Ours must

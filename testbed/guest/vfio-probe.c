@@ -11,6 +11,9 @@
  * -i M then sends VFIO_DEVICE_GET_INFO M times on a bound device and prints the time per ioctl.
  * -d TOTAL:CHUNK then maps TOTAL bytes for DMA as TOTAL/CHUNK mappings of CHUNK bytes at consecutive
  * IOVAs from 1 GiB, unmaps them, and prints the time (sizes in bytes, or with a K, M or G suffix).
+ * -b thread|process: during -d, a neighbour maps, touches, write-protects and unmaps memory without
+ * pause, as a garbage collector and a JIT do: a thread of this process (sharing its page tables, so its
+ * unmaps shoot down this CPU's TLB), or a child process (another vCPU busy, nothing shared).
  * -r R then mmaps BAR0 and reads the 32-bit register at its offset 0 R times; prints the time per read.
  * -w W then stores to the 32-bit register at offset 4 of BAR0 (edu's liveness register) W times, and
  * prints the time per store and what the register reads back after the last one.
@@ -21,12 +24,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/iommufd.h>
@@ -244,8 +250,29 @@ static int dma_unmap(__u64 iova, __u64 size)
  * bytes would get transparent huge pages where separate 4 KiB buffers cannot). Only the map and
  * unmap ioctls are timed.
  */
-static int dma_bench(unsigned long long total, unsigned long long chunk)
+static volatile int neighbour_stop;
+
+/* -b: what V8's helper threads do to an mm, in a loop: new memory, touched, write-protected, unmapped */
+static void *neighbour(void *arg)
 {
+	(void)arg;
+	while (!neighbour_stop) {
+		char *p = mmap(NULL, 256 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			continue;
+		for (int i = 0; i < 256 << 10; i += 4096)
+			p[i] = 1;
+		mprotect(p, 256 << 10, PROT_READ);
+		munmap(p, 256 << 10);
+	}
+	return NULL;
+}
+
+static int dma_bench(unsigned long long total, unsigned long long chunk, const char *busy)
+{
+	pthread_t thread;
+	pid_t child = -1;
+	int threaded = 0;
 	size_t count = total / chunk, mapped = 0, allocated = 0, i;
 	void **buffers = calloc(count, sizeof(*buffers));
 	double t_map = 0, t_unmap = 0, start;
@@ -255,6 +282,13 @@ static int dma_bench(unsigned long long total, unsigned long long chunk)
 		errno = ENOMEM;
 		step("calloc", -1, NULL);
 		return 1;
+	}
+	/* the neighbour starts first: a child forked after the buffers exist would make them copy-on-write */
+	if (busy && !strcmp(busy, "thread"))
+		threaded = pthread_create(&thread, NULL, neighbour, NULL) == 0;
+	else if (busy && (child = fork()) == 0) {
+		neighbour(NULL);
+		_exit(0);
 	}
 	for (; allocated < count; allocated++) {
 		buffers[allocated] = mmap(NULL, chunk, PROT_READ | PROT_WRITE,
@@ -281,6 +315,14 @@ static int dma_bench(unsigned long long total, unsigned long long chunk)
 	       total, chunk, count, t_map, t_unmap, t_map + t_unmap, (t_map + t_unmap) / count);
 	failed = 0;
 out:
+	if (threaded) {
+		neighbour_stop = 1;
+		pthread_join(thread, NULL);
+	}
+	if (child > 0) {
+		kill(child, SIGKILL);
+		waitpid(child, NULL, 0);
+	}
 	while (allocated > 0)
 		munmap(buffers[--allocated], chunk);
 	free(buffers);
@@ -347,10 +389,11 @@ static int parse_sizes(const char *arg, unsigned long long *total, unsigned long
 int main(int argc, char **argv)
 {
 	long binds = 1, infos = 0, reads = 0, writes = 0;
+	const char *busy = NULL;
 	unsigned long long dma_total = 0, dma_chunk = 0;
 	int opt;
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	while ((opt = getopt(argc, argv, "n:i:d:r:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "n:i:d:r:w:b:")) != -1) {
 		if (opt == 'n')
 			binds = atol(optarg);
 		else if (opt == 'i')
@@ -361,6 +404,8 @@ int main(int argc, char **argv)
 			reads = atol(optarg);
 		else if (opt == 'w')
 			writes = atol(optarg);
+		else if (opt == 'b' && (!strcmp(optarg, "thread") || !strcmp(optarg, "process")))
+			busy = optarg;
 		else
 			goto usage;
 	}
@@ -395,13 +440,13 @@ int main(int argc, char **argv)
 				return step("VFIO_DEVICE_GET_INFO", -1, NULL), 1;
 		printf("BENCH get_info n=%ld ns_per_ioctl=%.1f\n", infos, (now_ns() - start) / infos);
 	}
-	if (dma_total > 0 && dma_bench(dma_total, dma_chunk))
+	if (dma_total > 0 && dma_bench(dma_total, dma_chunk, busy))
 		return 1;
 	if ((reads > 0 || writes > 0) && mmio_bench(reads, writes))
 		return 1;
 	close_all();
 	return 0;
 usage:
-	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] [-d TOTAL:CHUNK] [-r READS] [-w WRITES] legacy|iommufd DEVICE\n");
+	fprintf(stderr, "usage: vfio-probe [-n BINDS] [-i GET_INFOS] [-d TOTAL:CHUNK] [-r READS] [-w WRITES] [-b thread|process] legacy|iommufd DEVICE\n");
 	return 2;
 }
