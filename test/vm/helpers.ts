@@ -251,6 +251,10 @@ export function serveCommands(handlers: Record<string, (m: Message) => unknown>)
       if (!handler) throw new Error(`unknown command ${cmd}`);
       const result = handler(m);
       if (result === undefined) return; // the handler replies itself
+      if (result instanceof Promise) {
+        result.then((r: object) => process.send!({ id: m.id, ...r }), (e: unknown) => process.send!({ id: m.id, type: 'error', error: errorRecord(e) }));
+        return;
+      }
       reply = { id: m.id, ...(result as object) };
     } catch (e) {
       reply = { id: m.id, type: 'error', error: errorRecord(e) };

@@ -29,9 +29,11 @@ function fail(device: string, policy: RoutePolicy, n: number): { tally: Record<s
  * n bind/close cycles, alternating the given policies. Every `fullEvery`-th cycle also enables MSI on
  * an eventfd (and waits on it), maps a DMA page into the device's context and, where BAR0 can be mmapped (edu), maps it
  * and reads edu's id register: all of it left to close() to undo, but the page, which is ours to free.
- * `during` is the count taken inside the first such cycle: what a leak would look like.
+ * `during` is the count taken inside the first such cycle: what a leak would look like. A full cycle
+ * lets the event loop turn once before it closes, so that the request channel's watch, which starts
+ * then, is there to be undone; the other cycles bind and close in one synchronous stretch.
  */
-function cycle(device: string, policies: RoutePolicy[], n: number, fullEvery: number): { ms: number; full: number; during: Counts | null; routes: Record<string, number> } {
+async function cycle(device: string, policies: RoutePolicy[], n: number, fullEvery: number): Promise<{ ms: number; full: number; during: Counts | null; routes: Record<string, number> }> {
   const t0 = Date.now();
   let during: Counts | null = null;
   let full = 0;
@@ -49,6 +51,7 @@ function cycle(device: string, policies: RoutePolicy[], n: number, fullEvery: nu
         const id = d.mapRegion('BAR0').read32(0);
         if (id !== 0x010000ed) throw new Error(`edu's id register read ${id.toString(16)}`);
       }
+      await new Promise((resolve) => setImmediate(resolve));
       during ??= counts();
       full++;
     }
