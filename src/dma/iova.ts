@@ -61,18 +61,37 @@ export class IovaAllocator {
   }
 
   free(iova: bigint): void {
-    const size = this.sizes.get(iova);
+    const key = iova;
+    const size = this.sizes.get(key);
     if (size === undefined) return;
-    this.sizes.delete(iova);
-    // cut it out of its run, leaving what lies on either side
-    const j = firstEndingAfter(this.runs, iova);
+    this.sizes.delete(key);
+    this.cut(iova, iova + size);
+  }
+
+  /**
+   * Frees the allocations that tile [start, end) exactly (a run of touching mappings unmapped in one
+   * call): the span leaves its run in one cut instead of one per allocation.
+   */
+  freeTiling(allocations: readonly { iova: bigint }[], start: bigint, end: bigint): void {
+    for (const a of allocations) this.sizes.delete(a.iova);
+    this.cut(start, end);
+  }
+
+  /** Cuts [start, end), which lies inside one run, out of it, leaving what lies on either side. */
+  private cut(start: bigint, end: bigint): void {
+    const j = firstEndingAfter(this.runs, start);
     const run = this.runs[j]!;
-    const pieces: Allocation[] = [];
-    if (run.iova < iova) pieces.push({ iova: run.iova, size: iova - run.iova });
     const runEnd = run.iova + run.size;
-    const end = iova + size;
-    if (end < runEnd) pieces.push({ iova: end, size: runEnd - end });
-    this.runs.splice(j, 1, ...pieces);
+    if (run.iova < start && end < runEnd) {
+      this.runs.splice(j, 1, { iova: run.iova, size: start - run.iova }, { iova: end, size: runEnd - end });
+    } else if (run.iova < start) {
+      run.size = start - run.iova;
+    } else if (end < runEnd) {
+      run.iova = end;
+      run.size = runEnd - end;
+    } else {
+      this.runs.splice(j, 1);
+    }
   }
 
   clear(): void {
@@ -92,22 +111,33 @@ export class IovaAllocator {
 
   private insert(iova: bigint, size: bigint): void {
     this.sizes.set(iova, size);
-    // join the run that ends where it starts and the one that starts where it ends
-    let start = iova;
-    let end = iova + size;
+    const end = iova + size;
+    // join the run that ends where it starts and the one that starts where it ends; the runs are
+    // private, so a run is grown in place (mapping page after page only ever grows the last one)
+    const last = this.runs[this.runs.length - 1];
+    if (last && last.iova + last.size === iova) {
+      last.size += size;
+      return;
+    }
     const i = firstEndingAfter(this.runs, iova - 1n); // the first run ending at or after iova
-    let replaced = 0;
     const before = this.runs[i];
     if (before && before.iova + before.size === iova) {
-      start = before.iova;
-      replaced = 1;
+      const after = this.runs[i + 1];
+      if (after && after.iova === end) {
+        before.size = after.iova + after.size - before.iova;
+        this.runs.splice(i + 1, 1);
+      } else {
+        before.size += size;
+      }
+      return;
     }
-    const after = this.runs[i + replaced];
-    if (after && after.iova === end) {
-      end = after.iova + after.size;
-      replaced++;
+    // otherwise runs[i] (if any) starts at or after end: reserve() and allocate() checked the overlap
+    if (before && before.iova === end) {
+      before.iova = iova;
+      before.size += size;
+      return;
     }
-    this.runs.splice(i, replaced, { iova: start, size: end - start });
+    this.runs.splice(i, 0, { iova, size });
   }
 }
 

@@ -2,7 +2,7 @@
 // (/dev/vfio/N). One typed function per ioctl: it encodes the struct, issues the request by name (a
 // failure is a StepError naming it) and decodes the answer. Nothing above this file builds a struct.
 import type { StepCalls } from '../sys/calls.js';
-import { decode, encode, encodeEach } from '../uapi/struct.js';
+import { decode, encode, viewOf } from '../uapi/struct.js';
 import {
   VFIO_DMA_MAP_FLAG,
   VFIO_GROUP_FLAGS_CONTAINER_SET,
@@ -106,14 +106,28 @@ export interface Type1Map {
   writable: boolean;
 }
 
-const mapDmaRecord = (m: Type1Map) => ({
-  argsz: vfio_iommu_type1_dma_map.size, flags: (m.readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (m.writable ? VFIO_DMA_MAP_FLAG.WRITE : 0),
-  vaddr: m.vaddr, iova: m.iova, size: m.size,
-});
+// DMA map and unmap are a VMM's hot path: their structs are written in place through a DataView, one
+// buffer reused per request (ioctls run one at a time on this thread), as in src/ioctl/iommufd.ts.
+const MAP = vfio_iommu_type1_dma_map.fields;
+const UNMAP = vfio_iommu_type1_dma_unmap.fields;
+const mapArg = Buffer.alloc(vfio_iommu_type1_dma_map.size);
+const mapView = viewOf(mapArg);
+const unmapArg = Buffer.alloc(vfio_iommu_type1_dma_unmap.size);
+const unmapView = viewOf(unmapArg);
+
+/** Writes a vfio_iommu_type1_dma_map at `at`; every field, so a reused buffer keeps nothing of the last call. */
+function putDmaMap(v: DataView, at: number, m: Type1Map): void {
+  v.setUint32(at + MAP.argsz[1], vfio_iommu_type1_dma_map.size, true);
+  v.setUint32(at + MAP.flags[1], (m.readable ? VFIO_DMA_MAP_FLAG.READ : 0) | (m.writable ? VFIO_DMA_MAP_FLAG.WRITE : 0), true);
+  v.setBigUint64(at + MAP.vaddr[1], m.vaddr, true);
+  v.setBigUint64(at + MAP.iova[1], m.iova, true);
+  v.setBigUint64(at + MAP.size[1], m.size, true);
+}
 
 /** VFIO_IOMMU_MAP_DMA. */
 export function iommuMapDma(calls: StepCalls, containerFd: number, m: Type1Map): void {
-  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, encode(vfio_iommu_type1_dma_map, mapDmaRecord(m)));
+  putDmaMap(mapView, 0, m);
+  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, mapArg);
 }
 
 /**
@@ -121,12 +135,19 @@ export function iommuMapDma(calls: StepCalls, containerFd: number, m: Type1Map):
  * mapping that failed, with its index: those before it are mapped.
  */
 export function iommuMapDmaEach(calls: StepCalls, containerFd: number, maps: readonly Type1Map[]): void {
-  calls.ioctlEach('VFIO_IOMMU_MAP_DMA', containerFd, encodeEach(vfio_iommu_type1_dma_map, maps.map(mapDmaRecord)), vfio_iommu_type1_dma_map.size);
+  const records = Buffer.alloc(vfio_iommu_type1_dma_map.size * maps.length);
+  const v = viewOf(records);
+  for (let i = 0; i < maps.length; i++) putDmaMap(v, i * vfio_iommu_type1_dma_map.size, maps[i]!);
+  calls.ioctlEach('VFIO_IOMMU_MAP_DMA', containerFd, records, vfio_iommu_type1_dma_map.size);
 }
 
 /** VFIO_IOMMU_UNMAP_DMA: returns the bytes the kernel unmapped. */
 export function iommuUnmapDma(calls: StepCalls, containerFd: number, iova: bigint, size: bigint): bigint {
-  const arg = encode(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova, size });
-  calls.ioctl('VFIO_IOMMU_UNMAP_DMA', containerFd, arg);
-  return decode(vfio_iommu_type1_dma_unmap, arg).size;
+  const v = unmapView;
+  v.setUint32(UNMAP.argsz[1], vfio_iommu_type1_dma_unmap.size, true);
+  v.setUint32(UNMAP.flags[1], 0, true);
+  v.setBigUint64(UNMAP.iova[1], iova, true);
+  v.setBigUint64(UNMAP.size[1], size, true);
+  calls.ioctl('VFIO_IOMMU_UNMAP_DMA', containerFd, unmapArg);
+  return v.getBigUint64(UNMAP.size[1], true);
 }

@@ -12,7 +12,7 @@ import {
   iommu_ioas_unmap,
   iommu_iova_range,
 } from '../uapi/iommufd.js';
-import { decode, encode, encodeEach } from '../uapi/struct.js';
+import { decode, encode, viewOf } from '../uapi/struct.js';
 import { withScratch } from './scratch.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 
@@ -66,36 +66,59 @@ export function ioasIovaRanges(calls: StepCalls, kernel: Kernel, iommufd: number
   });
 }
 
-export interface IoasMap {
-  ioasId: number;
+/** One mapping as IOMMU_IOAS_MAP takes it, at a fixed IOVA. */
+export interface IoasMapEntry {
   vaddr: bigint;
   iova: bigint;
-  length: bigint;
+  size: bigint;
   readable: boolean;
   writable: boolean;
 }
 
-const ioasMapRecord = (m: IoasMap) => ({
-  size: iommu_ioas_map.size, ioas_id: m.ioasId, user_va: m.vaddr, length: m.length, iova: m.iova,
-  flags: IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (m.readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (m.writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0),
-});
+// DMA map and unmap are a VMM's hot path (one per guest page, for some): their structs are written in
+// place through a DataView, one buffer reused per request (ioctls run one at a time on this thread).
+const MAP = iommu_ioas_map.fields;
+const UNMAP = iommu_ioas_unmap.fields;
+const mapArg = Buffer.alloc(iommu_ioas_map.size);
+const mapView = viewOf(mapArg);
+const unmapArg = Buffer.alloc(iommu_ioas_unmap.size);
+const unmapView = viewOf(unmapArg);
+
+/** Writes an iommu_ioas_map at `at`; every field, so a reused buffer keeps nothing of the last call. */
+function putIoasMap(v: DataView, at: number, ioasId: number, m: IoasMapEntry): void {
+  const flags = IOMMU_IOAS_MAP_FLAG.FIXED_IOVA | (m.readable ? IOMMU_IOAS_MAP_FLAG.READABLE : 0) | (m.writable ? IOMMU_IOAS_MAP_FLAG.WRITEABLE : 0);
+  v.setUint32(at + MAP.size[1], iommu_ioas_map.size, true);
+  v.setUint32(at + MAP.flags[1], flags, true);
+  v.setUint32(at + MAP.ioas_id[1], ioasId, true);
+  v.setBigUint64(at + MAP.user_va[1], m.vaddr, true);
+  v.setBigUint64(at + MAP.length[1], m.size, true);
+  v.setBigUint64(at + MAP.iova[1], m.iova, true);
+}
 
 /** IOMMU_IOAS_MAP at a fixed IOVA. */
-export function ioasMap(calls: StepCalls, iommufd: number, m: IoasMap): void {
-  calls.ioctl('IOMMU_IOAS_MAP', iommufd, encode(iommu_ioas_map, ioasMapRecord(m)));
+export function ioasMap(calls: StepCalls, iommufd: number, ioasId: number, m: IoasMapEntry): void {
+  putIoasMap(mapView, 0, ioasId, m);
+  calls.ioctl('IOMMU_IOAS_MAP', iommufd, mapArg);
 }
 
 /**
  * IOMMU_IOAS_MAP of each mapping in turn, in one addon call. A failure is the StepError of the mapping
  * that failed, with its index: those before it are mapped.
  */
-export function ioasMapEach(calls: StepCalls, iommufd: number, maps: readonly IoasMap[]): void {
-  calls.ioctlEach('IOMMU_IOAS_MAP', iommufd, encodeEach(iommu_ioas_map, maps.map(ioasMapRecord)), iommu_ioas_map.size);
+export function ioasMapEach(calls: StepCalls, iommufd: number, ioasId: number, maps: readonly IoasMapEntry[]): void {
+  const records = Buffer.alloc(iommu_ioas_map.size * maps.length);
+  const v = viewOf(records);
+  for (let i = 0; i < maps.length; i++) putIoasMap(v, i * iommu_ioas_map.size, ioasId, maps[i]!);
+  calls.ioctlEach('IOMMU_IOAS_MAP', iommufd, records, iommu_ioas_map.size);
 }
 
 /** IOMMU_IOAS_UNMAP: returns the bytes the kernel unmapped. */
 export function ioasUnmap(calls: StepCalls, iommufd: number, ioasId: number, iova: bigint, length: bigint): bigint {
-  const arg = encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id: ioasId, iova, length });
-  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, arg);
-  return decode(iommu_ioas_unmap, arg).length;
+  const v = unmapView;
+  v.setUint32(UNMAP.size[1], iommu_ioas_unmap.size, true);
+  v.setUint32(UNMAP.ioas_id[1], ioasId, true);
+  v.setBigUint64(UNMAP.iova[1], iova, true);
+  v.setBigUint64(UNMAP.length[1], length, true);
+  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, unmapArg);
+  return v.getBigUint64(UNMAP.length[1], true);
 }

@@ -169,13 +169,12 @@ export class IommufdContext extends IommuContext {
 
   mapRaw(vaddr: bigint, iova: bigint, size: bigint, readable: boolean, writable: boolean): void {
     const calls = this.steps();
-    ioasMap(calls, this.fd, { ioasId: this.ioas(calls), vaddr, iova, length: size, readable, writable });
+    ioasMap(calls, this.fd, this.ioas(calls), { vaddr, iova, size, readable, writable });
   }
 
   mapRawEach(maps: readonly RawMap[]): void {
     const calls = this.steps();
-    const ioasId = this.ioas(calls);
-    ioasMapEach(calls, this.fd, maps.map((m) => ({ ioasId, vaddr: m.vaddr, iova: m.iova, length: m.size, readable: m.readable, writable: m.writable })));
+    ioasMapEach(calls, this.fd, this.ioas(calls), maps);
   }
 
   unmapRaw(iova: bigint, size: bigint): void {

@@ -71,6 +71,14 @@ function encodeAt<D extends FieldSpecs>(buf: Buffer, layout: StructLayout<D>, va
   }
 }
 
+/**
+ * A DataView over a Buffer's bytes, for the few hot paths (DMA map and unmap) that write a struct's
+ * fields straight at their offsets: no object per call, and DataView's 64-bit stores are single
+ * builtins where Buffer.writeBigUInt64LE splits the bigint in JavaScript. Unlike Buffer's writers they
+ * do not range-check: their callers pass values already checked.
+ */
+export const viewOf = (buf: Buffer): DataView => new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+
 /** Decodes the struct found at `base` in buf. */
 export function decode<D extends FieldSpecs>(layout: StructLayout<D>, buf: Buffer, base = 0): Decoded<D> {
   const out: Record<string, number | bigint> = {};

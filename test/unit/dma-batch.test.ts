@@ -134,5 +134,36 @@ for (const route of DMA_ROUTES) {
       dev.context.unmapBatch(mappings.slice(0, 2));
       for (const b of buffers) b.free();
     });
+
+    test('unmapBatch refuses a mapping listed twice before unmapping any', () => {
+      const k = route.host();
+      using dev = openDevice(EDU, { kernel: k });
+      const buffers = Array.from({ length: 2 }, () => allocDmaBuffer(K, { kernel: k }));
+      const mappings = dev.context.mapBatch(buffers);
+      const before = k.ioctlNames().length;
+      const e = catchError(() => dev.context.unmapBatch([mappings[1]!, mappings[0]!, mappings[1]!]), UsageError);
+      assert.match(e.message, /listed twice/);
+      assert.equal(unmapCalls(k.ioctlNames().slice(before)), 0);
+      assert.equal(dev.context.mappings().length, 2);
+      dev.context.unmapBatch(mappings);
+      for (const b of buffers) b.free();
+    });
+
+    test('what unmapBatch took out is free again: the same IOVAs map, and the allocator hands out the lowest again', () => {
+      const k = route.host();
+      using dev = openDevice(EDU, { kernel: k });
+      const buffers = Array.from({ length: 6 }, () => allocDmaBuffer(K, { kernel: k }));
+      const first = dev.context.mapBatch(buffers);
+      // take out the middle of the run (entries 1-3), then the rest, out of order
+      dev.context.unmapBatch([first[3]!, first[1]!, first[2]!]);
+      const again = dev.context.mapBatch(buffers.slice(1, 4).map((buffer, i) => ({ buffer, iova: first[i + 1]!.iova })));
+      assert.deepEqual(again.map((m) => m.iova), first.slice(1, 4).map((m) => m.iova));
+      dev.context.unmapBatch([...first.slice(4), first[0]!, ...again]);
+      assert.deepEqual(dev.context.mappings(), []);
+      const lowest = dev.context.mapBatch(buffers);
+      assert.deepEqual(lowest.map((m) => m.iova), first.map((m) => m.iova), 'the allocator starts from the bottom again');
+      dev.context.unmapBatch(lowest);
+      for (const b of buffers) b.free();
+    });
   });
 }
