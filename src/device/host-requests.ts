@@ -8,8 +8,7 @@
 // signal before it waits in the eventfd's counter), so a bind and close in one synchronous stretch,
 // as the CLI's are, never starts one: libuv's start and stop are six system calls (FIONBIO, five
 // epoll_ctl) beyond what the kernel needs.
-import { StepError } from '../errors.js';
-import { deviceGetIrqInfo, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
+import { deviceGetIrqInfoIfAny, setIrqEventfds, setIrqNone } from '../ioctl/device.js';
 import { closeQuietly, quietly, type StepCalls } from '../sys/calls.js';
 import type { Kernel } from '../sys/kernel.js';
 import { VFIO_IRQ_INFO_FLAG, VFIO_PCI_IRQ } from '../uapi/vfio.js';
@@ -111,11 +110,6 @@ export class HostChannels {
 
 /** Whether an IRQ index has a vector that can signal an eventfd (vfio-pci answers EINVAL for ERR on a non-PCIe device). */
 function offers(calls: StepCalls, deviceFd: number, index: number): boolean {
-  try {
-    const info = deviceGetIrqInfo(calls, deviceFd, index);
-    return info.count > 0 && (info.flags & VFIO_IRQ_INFO_FLAG.EVENTFD) !== 0;
-  } catch (e) {
-    if (e instanceof StepError && e.errno === 'EINVAL') return false;
-    throw e;
-  }
+  const info = deviceGetIrqInfoIfAny(calls, deviceFd, index);
+  return info !== null && info.count > 0 && (info.flags & VFIO_IRQ_INFO_FLAG.EVENTFD) !== 0;
 }

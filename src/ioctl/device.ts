@@ -97,6 +97,17 @@ export function deviceGetIrqInfo(calls: StepCalls, deviceFd: number, index: numb
   return { flags: info.flags, count: info.count };
 }
 
+/**
+ * VFIO_DEVICE_GET_IRQ_INFO for an index the device may not have: null where the kernel answers EINVAL
+ * (vfio-pci's error interrupt on a device that is not PCIe), without the cost of a thrown error.
+ */
+export function deviceGetIrqInfoIfAny(calls: StepCalls, deviceFd: number, index: number): { flags: number; count: number } | null {
+  const buf = encode(vfio_irq_info, { argsz: vfio_irq_info.size, index });
+  if (!calls.query('VFIO_DEVICE_GET_IRQ_INFO', deviceFd, buf, 'EINVAL')) return null;
+  const info = decode(vfio_irq_info, buf);
+  return { flags: info.flags, count: info.count };
+}
+
 /** VFIO_DEVICE_SET_IRQS with eventfds (or -1 to leave a vector unwired) for vectors start.. */
 export function setIrqEventfds(calls: StepCalls, deviceFd: number, index: number, start: number, eventfds: number[]): void {
   const size = vfio_irq_set.size + 4 * eventfds.length;

@@ -15,6 +15,8 @@ import { packageRoot } from '../package.js';
 
 export interface Addon {
   ioctl(fd: number, request: number, arg?: number | ArrayBufferView): number;
+  /** as ioctl(), but a failure returns -errno instead of throwing (a probe whose refusal is an answer) */
+  ioctlErrno(fd: number, request: number, arg?: number | ArrayBufferView): number;
   /** one ioctl per stride-byte record, in order; throws at the first failure, with .index */
   ioctlEach(fd: number, request: number, records: Buffer, stride: number): number;
   mmap(fd: number, offset: bigint, length: number, writable: boolean): ArrayBuffer;

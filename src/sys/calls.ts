@@ -1,6 +1,7 @@
 // Route steps as system calls: each call is logged, and a failure becomes a StepError naming the
 // route, the step, the errno and the path, which the route policy then interprets. ioctls are issued
 // only by the call layer (src/ioctl), through ioctl() here, by their request's name.
+import { constants as osConstants } from 'node:os';
 import { StepError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RouteName } from '../routes/names.js';
@@ -56,6 +57,27 @@ export class StepCalls {
     }
     if (this.debug) this.log.debug({ route: this.route, step, result }, 'ok');
     return result;
+  }
+
+  /**
+   * A query ioctl (one that changes nothing) the kernel may refuse with `refusal` as an answer (EINVAL
+   * for an interrupt the device does not have): false then, true when it answers; any other errno is
+   * the step's StepError. The refusal throws nothing, so it costs what the call costs.
+   */
+  query(name: RequestName, fd: number, arg: Buffer, refusal: 'EINVAL'): boolean {
+    const result = this.kernel.ioctlErrno(fd, REQUESTS[name], arg);
+    if (result >= 0) {
+      if (this.debug) this.log.debug({ route: this.route, step: name, result }, 'ok');
+      return true;
+    }
+    if (result === -osConstants.errno[refusal]) {
+      if (this.debug) this.log.debug({ route: this.route, step: name, errno: refusal }, 'refused');
+      return false;
+    }
+    // Any other failure: asked again through ioctl(), whose error names the errno as every step's does
+    // (a query changes nothing, so asking twice is harmless; this is the rare path).
+    this.ioctl(name, fd, arg);
+    return true;
   }
 
   /**

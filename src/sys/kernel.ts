@@ -35,6 +35,11 @@ export interface Kernel {
   /** ioctl(2): returns its non-negative result; arg is passed by value (number) or by address (buffer) */
   ioctl(fd: number, request: number, arg?: number | Buffer): number;
   /**
+   * As ioctl(), but a failure returns -errno instead of throwing: for a probe whose refusal is an
+   * answer, where building a thrown error would cost more than the call.
+   */
+  ioctlErrno(fd: number, request: number, arg?: number | Buffer): number;
+  /**
    * One ioctl per `stride`-byte record of `records`, each by address, in order, stopping at the first
    * that fails: its SysError carries `index`, and every record before it succeeded. Returns the count.
    */

@@ -34,6 +34,9 @@ export class NativeKernel implements Kernel {
   ioctl(fd: number, request: number, arg?: number | Buffer): number {
     return this.addon.ioctl(fd, request, arg);
   }
+  ioctlErrno(fd: number, request: number, arg?: number | Buffer): number {
+    return this.addon.ioctlErrno(fd, request, arg);
+  }
   ioctlEach(fd: number, request: number, records: Buffer, stride: number): number {
     return this.addon.ioctlEach(fd, request, records, stride);
   }

@@ -61,6 +61,27 @@ test('a buffer argument is passed by address and written back', () => {
   }
 });
 
+test('ioctlErrno: the same call as ioctl(), but a refusal comes back as -errno instead of a thrown error', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-addon-'));
+  const file = path.join(dir, 'ten');
+  fs.writeFileSync(file, '0123456789');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const out = Buffer.alloc(4, 0xff);
+    assert.equal(addon.ioctlErrno(fd, FIONREAD, out), 0);
+    assert.equal(out.readInt32LE(0), 10, 'written back in place');
+    assert.equal(addon.ioctlErrno(fd, VFIO.GET_API_VERSION), -os.constants.errno.ENOTTY);
+    assert.equal(new NativeKernel(addon).ioctlErrno(fd, VFIO.DEVICE_GET_INFO, Buffer.alloc(24)), -os.constants.errno.ENOTTY);
+    const closed = fs.openSync('/dev/null', 'r');
+    fs.closeSync(closed);
+    assert.equal(addon.ioctlErrno(closed, FIOCLEX), -os.constants.errno.EBADF);
+    assert.throws(() => addon.ioctlErrno('3' as unknown as number, FIOCLEX), TypeError, 'bad arguments still throw');
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('ioctlEach: one ioctl per record, written back in place; it stops at the first refusal and names its index', async () => {
   // SIOCGIFINDEX reads an interface name from each record and writes its index back, so a record's own
   // content decides whether its ioctl fails: a real mid-batch refusal without VFIO hardware

@@ -2,7 +2,7 @@
 // call to the module of its subsystem (files.ts, sysfs.ts, ioctl.ts, memory.ts, regions.ts, irqs.ts;
 // host.ts, drivers.ts and proc.ts for what tests change), logging it through calls.ts on the way.
 // See ../fake-kernel.ts for what the fake models.
-import type { FileStat, Kernel, SysErrorLike } from '../../src/sys/kernel.js';
+import { isSysError, type FileStat, type Kernel, type SysErrorLike } from '../../src/sys/kernel.js';
 import type { VFIO_PCI_IRQ } from '../../src/uapi/vfio.js';
 import { fdCall, failNext, run } from './calls.js';
 import * as drivers from './drivers.js';
@@ -264,6 +264,15 @@ export class FakeKernel implements Kernel {
     const call: CallInfo = { call: 'ioctl', fd, request, requestName: requestName(request, e?.file.kind) };
     if (e) call.path = e.path;
     return run(this.s, call, () => ioctl(this.s, e, request, arg));
+  }
+  /** As the addon's: the errno of a failure is returned, negative, not thrown. */
+  ioctlErrno(fd: number, request: number, arg?: number | Buffer): number {
+    try {
+      return this.ioctl(fd, request, arg);
+    } catch (e) {
+      if (isSysError(e)) return e.errno;
+      throw e;
+    }
   }
   /** As the addon's: one ioctl per record (each logged as its own call), the failing one's error with .index. */
   ioctlEach(fd: number, request: number, records: Buffer, stride: number): number {
