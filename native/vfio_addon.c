@@ -268,15 +268,29 @@ struct mapping {
 	int unmapped;
 };
 
+/*
+ * V8 counts an external ArrayBuffer's bytes as external memory, and enough of it starts a major GC
+ * (concurrent marking on V8's helper threads): allocating 1 GiB of DMA buffers in 2 MiB pieces set off
+ * one after another, beside the DMA map loop that followed. A garbage collection cannot free this
+ * memory (it is unmapped explicitly; a finalizer only catches a leak), so each mapping takes its bytes
+ * back out of V8's count when it is made and puts them back when V8 drops them, at unmap (detach) or
+ * finalization.
+ */
+static void uncount(napi_env env, size_t length, int sign)
+{
+	int64_t total;
+	napi_adjust_external_memory(env, sign * (int64_t)length, &total);
+}
+
 static void mapping_finalize(napi_env env, void *data, void *hint)
 {
 	struct mapping *m = hint;
-	(void)env;
 	(void)data;
 	if (!m->unmapped) {
 		munmap(m->base, m->length);
 		live_mappings--;
 		finalized_mappings++;
+		uncount(env, m->length, +1);
 	}
 	free(m);
 }
@@ -316,6 +330,7 @@ static napi_value wrap_mapping(napi_env env, void *base, size_t length)
 	}
 	/* the mapping record travels with the ArrayBuffer, for unmap() */
 	CHECK(env, napi_wrap(env, buffer, m, NULL, NULL, NULL));
+	uncount(env, length, -1);
 	return buffer;
 }
 
@@ -429,6 +444,7 @@ static napi_value js_unmap(napi_env env, napi_callback_info info)
 		munmap(m->base, m->length);
 		m->unmapped = 1;
 		live_mappings--;
+		uncount(env, m->length, +1);
 	}
 	return NULL;
 }

@@ -1,5 +1,6 @@
 // The addon and the native Kernel on this host, with real system calls: failures must carry the
 // right errno name and number, and buffer arguments must be passed by address and written back.
+import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,6 +8,8 @@ import path from 'node:path';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadAddon, NativeKernel } from '../../src/sys/native-kernel.js';
+import { detectLibc, findAddon, targetName } from '../../src/sys/addon.js';
+import { packageRoot } from '../../src/package.js';
 import { VFIO } from '../../src/uapi/vfio.js';
 import { major, makedev, minor } from '../../src/sys/kernel.js';
 
@@ -186,6 +189,23 @@ test('allocDma: page-aligned memory, counted live until unmap, which detaches ev
   assert.throws(() => addon.addressOf(mem), (e: unknown) => (e as { code?: string }).code === 'EFAULT');
   addon.unmap(mem); // again: nothing
   assert.deepEqual(addon.liveCounts(), before);
+});
+
+test('DMA memory does not count toward V8\'s external memory: allocating 512 MiB of it starts no major GC', () => {
+  // A child with nothing else to do allocates and frees 256 buffers of 2 MiB and counts V8's major GCs.
+  // Counted as external memory, the same allocation started 7 (incremental marking, on V8's helper
+  // threads, beside whatever the process did next).
+  const child = `
+    const { PerformanceObserver, constants } = require('node:perf_hooks');
+    const addon = require(${JSON.stringify(findAddon(packageRoot(), targetName(process.platform, process.arch, detectLibc())))});
+    let major = 0;
+    new PerformanceObserver((list) => { for (const e of list.getEntries()) if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) major++; }).observe({ entryTypes: ['gc'] });
+    const buffers = Array.from({ length: 256 }, () => addon.allocDma(2 << 20, false));
+    for (const b of buffers) addon.unmap(b);
+    setTimeout(() => { console.log(JSON.stringify({ major, live: addon.liveCounts().mappings })); }, 100);`;
+  const r = spawnSync(process.execPath, ['-e', child], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { major: 0, live: 0 });
 });
 
 test('allocDma of 2 MiB or more (no hugePages): 2 MiB-aligned, advised for THP before it is populated', () => {
