@@ -2,7 +2,7 @@
 // (/dev/vfio/N). One typed function per ioctl: it encodes the struct, issues the request by name (a
 // failure is a StepError naming it) and decodes the answer. Nothing above this file builds a struct.
 import type { StepCalls } from '../sys/calls.js';
-import { decode, encode, viewOf } from '../uapi/struct.js';
+import { decode, encode, reusableStruct, viewOf } from '../uapi/struct.js';
 import {
   VFIO_DMA_MAP_FLAG,
   VFIO_GROUP_FLAGS_CONTAINER_SET,
@@ -110,10 +110,8 @@ export interface Type1Map {
 // buffer reused per request (ioctls run one at a time on this thread), as in src/ioctl/iommufd.ts.
 const MAP = vfio_iommu_type1_dma_map.fields;
 const UNMAP = vfio_iommu_type1_dma_unmap.fields;
-const mapArg = Buffer.alloc(vfio_iommu_type1_dma_map.size);
-const mapView = viewOf(mapArg);
-const unmapArg = Buffer.alloc(vfio_iommu_type1_dma_unmap.size);
-const unmapView = viewOf(unmapArg);
+const mapArg = reusableStruct(vfio_iommu_type1_dma_map);
+const unmapArg = reusableStruct(vfio_iommu_type1_dma_unmap);
 
 /** Writes a vfio_iommu_type1_dma_map at `at`; every field, so a reused buffer keeps nothing of the last call. */
 function putDmaMap(v: DataView, at: number, m: Type1Map): void {
@@ -126,8 +124,8 @@ function putDmaMap(v: DataView, at: number, m: Type1Map): void {
 
 /** VFIO_IOMMU_MAP_DMA. */
 export function iommuMapDma(calls: StepCalls, containerFd: number, m: Type1Map): void {
-  putDmaMap(mapView, 0, m);
-  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, mapArg);
+  putDmaMap(mapArg.view, 0, m);
+  calls.ioctl('VFIO_IOMMU_MAP_DMA', containerFd, mapArg.buffer);
 }
 
 /**
@@ -143,11 +141,11 @@ export function iommuMapDmaEach(calls: StepCalls, containerFd: number, maps: rea
 
 /** VFIO_IOMMU_UNMAP_DMA: returns the bytes the kernel unmapped. */
 export function iommuUnmapDma(calls: StepCalls, containerFd: number, iova: bigint, size: bigint): bigint {
-  const v = unmapView;
+  const v = unmapArg.view;
   v.setUint32(UNMAP.argsz[1], vfio_iommu_type1_dma_unmap.size, true);
   v.setUint32(UNMAP.flags[1], 0, true);
   v.setBigUint64(UNMAP.iova[1], iova, true);
   v.setBigUint64(UNMAP.size[1], size, true);
-  calls.ioctl('VFIO_IOMMU_UNMAP_DMA', containerFd, unmapArg);
+  calls.ioctl('VFIO_IOMMU_UNMAP_DMA', containerFd, unmapArg.buffer);
   return v.getBigUint64(UNMAP.size[1], true);
 }

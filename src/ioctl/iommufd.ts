@@ -12,7 +12,7 @@ import {
   iommu_ioas_unmap,
   iommu_iova_range,
 } from '../uapi/iommufd.js';
-import { decode, encode, viewOf } from '../uapi/struct.js';
+import { decode, encode, reusableStruct, viewOf } from '../uapi/struct.js';
 import { withScratch } from './scratch.js';
 import { vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt } from '../uapi/vfio.js';
 
@@ -79,10 +79,8 @@ export interface IoasMapEntry {
 // place through a DataView, one buffer reused per request (ioctls run one at a time on this thread).
 const MAP = iommu_ioas_map.fields;
 const UNMAP = iommu_ioas_unmap.fields;
-const mapArg = Buffer.alloc(iommu_ioas_map.size);
-const mapView = viewOf(mapArg);
-const unmapArg = Buffer.alloc(iommu_ioas_unmap.size);
-const unmapView = viewOf(unmapArg);
+const mapArg = reusableStruct(iommu_ioas_map);
+const unmapArg = reusableStruct(iommu_ioas_unmap);
 
 /** Writes an iommu_ioas_map at `at`; every field, so a reused buffer keeps nothing of the last call. */
 function putIoasMap(v: DataView, at: number, ioasId: number, m: IoasMapEntry): void {
@@ -97,8 +95,8 @@ function putIoasMap(v: DataView, at: number, ioasId: number, m: IoasMapEntry): v
 
 /** IOMMU_IOAS_MAP at a fixed IOVA. */
 export function ioasMap(calls: StepCalls, iommufd: number, ioasId: number, m: IoasMapEntry): void {
-  putIoasMap(mapView, 0, ioasId, m);
-  calls.ioctl('IOMMU_IOAS_MAP', iommufd, mapArg);
+  putIoasMap(mapArg.view, 0, ioasId, m);
+  calls.ioctl('IOMMU_IOAS_MAP', iommufd, mapArg.buffer);
 }
 
 /**
@@ -114,11 +112,11 @@ export function ioasMapEach(calls: StepCalls, iommufd: number, ioasId: number, m
 
 /** IOMMU_IOAS_UNMAP: returns the bytes the kernel unmapped. */
 export function ioasUnmap(calls: StepCalls, iommufd: number, ioasId: number, iova: bigint, length: bigint): bigint {
-  const v = unmapView;
+  const v = unmapArg.view;
   v.setUint32(UNMAP.size[1], iommu_ioas_unmap.size, true);
   v.setUint32(UNMAP.ioas_id[1], ioasId, true);
   v.setBigUint64(UNMAP.iova[1], iova, true);
   v.setBigUint64(UNMAP.length[1], length, true);
-  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, unmapArg);
+  calls.ioctl('IOMMU_IOAS_UNMAP', iommufd, unmapArg.buffer);
   return v.getBigUint64(UNMAP.length[1], true);
 }

@@ -79,6 +79,12 @@ function encodeAt<D extends FieldSpecs>(buf: Buffer, layout: StructLayout<D>, va
  */
 export const viewOf = (buf: Buffer): DataView => new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
 
+/** One zeroed struct buffer and its DataView, made once and reused for every call of a hot request. */
+export function reusableStruct(layout: StructLayout): { buffer: Buffer; view: DataView } {
+  const buffer = Buffer.alloc(layout.size);
+  return { buffer, view: viewOf(buffer) };
+}
+
 /** Decodes the struct found at `base` in buf. */
 export function decode<D extends FieldSpecs>(layout: StructLayout<D>, buf: Buffer, base = 0): Decoded<D> {
   const out: Record<string, number | bigint> = {};

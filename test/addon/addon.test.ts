@@ -43,12 +43,22 @@ test('an ioctl on a closed fd throws EBADF', () => {
   assert.throws(() => addon.ioctl(fd, FIOCLEX), sysError('EBADF', -9));
 });
 
-test('a buffer argument is passed by address and written back', () => {
+/** Runs fn with a read-only fd of a 10-byte file (FIONREAD answers 10). */
+function withTenByteFile(fn: (fd: number) => void): void {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-addon-'));
   const file = path.join(dir, 'ten');
   fs.writeFileSync(file, '0123456789');
   const fd = fs.openSync(file, 'r');
   try {
+    fn(fd);
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('a buffer argument is passed by address and written back', () => {
+  withTenByteFile((fd) => {
     const out = Buffer.alloc(4, 0xff);
     assert.equal(addon.ioctl(fd, FIONREAD, out), 0);
     assert.equal(out.readInt32LE(0), 10);
@@ -58,18 +68,11 @@ test('a buffer argument is passed by address and written back', () => {
     assert.equal(new DataView(big.buffer).getInt32(8, true), 10);
     assert.equal(new DataView(big.buffer).getInt32(4, true), -1, 'bytes outside the view are untouched');
     assert.equal(addon.ioctl(fd, FIOCLEX, 0), 0, 'an integer argument is passed by value');
-  } finally {
-    fs.closeSync(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('ioctlErrno: the same call as ioctl(), but a refusal comes back as -errno instead of a thrown error', () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vfio-bind-addon-'));
-  const file = path.join(dir, 'ten');
-  fs.writeFileSync(file, '0123456789');
-  const fd = fs.openSync(file, 'r');
-  try {
+  withTenByteFile((fd) => {
     const out = Buffer.alloc(4, 0xff);
     assert.equal(addon.ioctlErrno(fd, FIONREAD, out), 0);
     assert.equal(out.readInt32LE(0), 10, 'written back in place');
@@ -79,10 +82,7 @@ test('ioctlErrno: the same call as ioctl(), but a refusal comes back as -errno i
     fs.closeSync(closed);
     assert.equal(addon.ioctlErrno(closed, FIOCLEX), -os.constants.errno.EBADF);
     assert.throws(() => addon.ioctlErrno('3' as unknown as number, FIOCLEX), TypeError, 'bad arguments still throw');
-  } finally {
-    fs.closeSync(fd);
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
 
 test('ioctlEach: one ioctl per record, written back in place; it stops at the first refusal and names its index', async () => {
