@@ -173,11 +173,17 @@ function dmaRound(route: 'iommufd' | 'legacy', total: number, chunk: number, mod
 
 /**
  * Warm-up: V8 compiles a hot function with TurboFan on a helper thread once it has run enough (on the
- * host the map path was still being compiled after 5,000 maps), and under TCG a compile takes long
- * enough to land inside timed rounds, beside the ioctls. 160 passes of 32 chunks (5,120 maps) first.
+ * host the map path was still being compiled after 5,000 maps), and under TCG one compile took up to
+ * 218 ms (mapBatch, --trace-opt in the guest), landing inside timed rounds beside the ioctls. Both
+ * routes, twice in turn: code optimized for one route's context is thrown away ("wrong map") when the
+ * other's arrives, so both must have been seen before the clock runs. A batch warms up at 1,024 entries
+ * (its loops compile on stack, by size); single maps in passes of 32, 5,120 in all per route and turn.
  */
-function warmUp(route: 'iommufd' | 'legacy', chunk: number, mode: DmaMode): void {
-  dmaRound(route, 32 * chunk, chunk, mode, 160);
+function warmUp(chunk: number, mode: DmaMode): void {
+  const [entries, passes] = mode === 'batch' ? [1024, 5] : [32, 160];
+  for (let turn = 0; turn < 2; turn++) {
+    for (const route of ['iommufd', 'legacy'] as const) dmaRound(route, entries * chunk, chunk, mode, passes);
+  }
   roundActivity = [];
 }
 
@@ -256,8 +262,8 @@ const dmaCases = [
   { section: 'dma-batch', total: 64 * MiB, chunk: 4 * KiB, rounds: 3, mode: 'each' as const },
 ];
 for (const { total, chunk, rounds, goal, mode = 'map' } of dmaCases.filter((c) => wanted(c.section))) {
+  warmUp(chunk, mode);
   for (const route of ['iommufd', 'legacy'] as const) {
-    warmUp(route, chunk, mode);
     const js: number[] = [];
     const c: number[] = [];
     roundActivity = [];
@@ -302,7 +308,7 @@ if (wanted('dma-thp')) {
   for (const b of probeBuffers) b.free();
   console.log(`  allocDmaBuffer(2 MiB) x 8: AnonHugePages +${huge} kB of ${8 * 2048} kB`);
   for (const route of ['iommufd', 'legacy'] as const) {
-    warmUp(route, 2 * MiB, 'map');
+    if (route === 'iommufd') warmUp(2 * MiB, 'map');
     const js: number[] = [];
     const c: number[] = [];
     for (let round = 0; round < 5; round++) {
