@@ -124,12 +124,17 @@ function watching<T>(into: Activity[], fn: () => T): T {
   return result;
 }
 let roundActivity: Activity[] = [];
+/** VFIO_BENCH_MARKS=1: a line before and after every timed stretch, to read V8's --trace-gc/--trace-opt against */
+const marks = process.env.VFIO_BENCH_MARKS === '1';
 /** Times fn in ns, recording the activity beside it in roundActivity. */
 function timeNs(fn: () => void): number {
   return watching(roundActivity, () => {
+    if (marks) console.log('[bench] timed: start');
     const t0 = process.hrtime.bigint();
     fn();
-    return Number(process.hrtime.bigint() - t0);
+    const ns = Number(process.hrtime.bigint() - t0);
+    if (marks) console.log(`[bench] timed: end, ${(ns / 1e6).toFixed(1)} ms`);
+    return ns;
   });
 }
 
@@ -179,11 +184,14 @@ function dmaRound(route: 'iommufd' | 'legacy', total: number, chunk: number, mod
  * other's arrives, so both must have been seen before the clock runs. A batch warms up at 1,024 entries
  * (its loops compile on stack, by size); single maps in passes of 32, 5,120 in all per route and turn.
  */
-function warmUp(chunk: number, mode: DmaMode): void {
+function warmUp(chunk: number, mode: DmaMode, total: number): void {
   const [entries, passes] = mode === 'batch' ? [1024, 5] : [32, 160];
   for (let turn = 0; turn < 2; turn++) {
     for (const route of ['iommufd', 'legacy'] as const) dmaRound(route, entries * chunk, chunk, mode, passes);
   }
+  // and once at the timed size: a batch 16 times larger deoptimized mapBatch ("out of bounds") and
+  // compiled it again, on the stack, in the first timed rounds
+  if (mode === 'batch') for (const route of ['iommufd', 'legacy'] as const) dmaRound(route, total, chunk, mode);
   roundActivity = [];
 }
 
@@ -262,7 +270,7 @@ const dmaCases = [
   { section: 'dma-batch', total: 64 * MiB, chunk: 4 * KiB, rounds: 3, mode: 'each' as const },
 ];
 for (const { total, chunk, rounds, goal, mode = 'map' } of dmaCases.filter((c) => wanted(c.section))) {
-  warmUp(chunk, mode);
+  warmUp(chunk, mode, total);
   for (const route of ['iommufd', 'legacy'] as const) {
     const js: number[] = [];
     const c: number[] = [];
@@ -308,7 +316,7 @@ if (wanted('dma-thp')) {
   for (const b of probeBuffers) b.free();
   console.log(`  allocDmaBuffer(2 MiB) x 8: AnonHugePages +${huge} kB of ${8 * 2048} kB`);
   for (const route of ['iommufd', 'legacy'] as const) {
-    if (route === 'iommufd') warmUp(2 * MiB, 'map');
+    if (route === 'iommufd') warmUp(2 * MiB, 'map', GiB);
     const js: number[] = [];
     const c: number[] = [];
     for (let round = 0; round < 5; round++) {
