@@ -5,7 +5,7 @@
 //     VFIO_DEVICE_GET_INFO through the addon vs C, DMA map + unmap (1 GiB in 2 MiB chunks, 64 MiB in
 //     4 KiB pages) vs C on both routes, and BAR0 register reads vs C (bench/guest.ts)
 // Each comparison alternates the two sides and reports medians. Pass --host to skip the guest, or
-// names of bench/guest.ts's sections (bind get_info dma-2m dma-4k dma-batch mmio dma-scale) to run only those there.
+// names of bench/guest.ts's sections (bind get_info dma-2m dma-4k dma-batch mmio p2p dma-scale) to run only those there.
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -89,7 +89,7 @@ if (!process.argv.includes('--host')) {
   const guest = (sections: string[], append: string[] = []): void => {
     const r = spawnSync(
       path.join(testbed, 'run-vm.sh'),
-      ['--kernel', 'iommufd-6.12', '--iommu', 'intel', '--mttcg', '--timeout', '1800', ...append, '--env', `VFIO_PROBE=${probe}`,
+      ['--kernel', 'iommufd-6.12', '--iommu', 'intel', '--mttcg', '--timeout', '1800', '--device', 'edu,addr=12.0', ...append, '--env', `VFIO_PROBE=${probe}`,
         '--env', 'VM_CASE=iommufd-6.12-intel', '--', ['node dist/bench/guest.js', ...sections].join(' ')],
       { cwd: root, env: { ...process.env, VM_MEM: '4G' }, stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' },
     );
