@@ -13,7 +13,7 @@ import { loadAddon, NativeKernel } from '../src/sys/native-kernel.js';
 import { IOMMU, IOMMU_IOAS_MAP_FLAG, iommu_ioas_map, iommu_ioas_unmap } from '../src/uapi/iommufd.js';
 import { encode, encodeEach } from '../src/uapi/struct.js';
 import { VFIO, VFIO_DMA_MAP_FLAG, vfio_device_info, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap } from '../src/uapi/vfio.js';
-import { EDU_BUFFER, eduDma } from '../test/vm/helpers.js';
+import { EDU2, eduDmaToPeer } from '../test/vm/helpers.js';
 import { bindSyscalls } from './bind-syscalls.js';
 import { bindCurve, closeCurve, dmaScale } from './dma-scale.js';
 import { median, ratioLine } from './stats.js';
@@ -382,7 +382,6 @@ if (wanted('p2p')) {
   // A's legacy context, which maps B's BAR, and B reads back ~X (edu stores the complement); then the
   // map+unmap of B's BAR against a DMA buffer of its size, in that context. On iommufd, 6.12's
   // IOAS_MAP refuses MMIO (EFAULT): the library's answer must be an UnsupportedError naming the route.
-  const EDU2 = '0000:00:12.0';
   const limit = 1n << 28n; // edu's DMA mask
   const ctx = createContext('legacy');
   const a = openDevice(EDU, { context: ctx });
@@ -397,9 +396,7 @@ if (wanted('p2p')) {
     const ramMap = ctx.map(ram, { limit });
     const x = 0x5a17c0de;
     barB.write32(0x04, 0);
-    ram.bytes.writeUInt32LE(x, 0);
-    await eduDma(barA, ramMap.iova, EDU_BUFFER, 4, false);
-    await eduDma(barA, EDU_BUFFER, peer.iova + 4n, 4, true);
+    await eduDmaToPeer(barA, ram, ramMap.iova, peer.iova + 4n, x);
     const seen = barB.read32(0x04);
     ctx.unmap(peer);
     ctx.unmap(ramMap);

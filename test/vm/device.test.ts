@@ -20,9 +20,8 @@ import {
   type RouteName,
   type VfioDevice,
 } from '../../src/index.js';
-import { CASE, EDU, EDU_BUFFER, eduDma, ROOT } from './helpers.js';
+import { CASE, EDU, EDU2, EDU_BUFFER, eduDma, ROOT } from './helpers.js';
 
-const EDU2 = '0000:00:12.0';
 const DMA_CASES = ['stock-6.1-intel', 'stock-6.12-intel', 'iommufd-6.12-intel', 'stock-6.1-smmuv3', 'stock-6.12-smmuv3', 'iommufd-6.12-smmuv3', 'iommufd-6.12-64k-smmuv3'];
 const dmaCase = DMA_CASES.includes(CASE);
 const route: RouteName = CASE.startsWith('iommufd-') ? 'iommufd' : 'legacy';

@@ -7,9 +7,8 @@ import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { allocDmaBuffer, createContext, KernelError, openDevice, PCI_COMMAND, UnsupportedError } from '../../src/index.js';
-import { CASE, EDU, EDU_BUFFER, eduDma, isStock } from './helpers.js';
+import { CASE, EDU, EDU2, eduDmaToPeer, isStock } from './helpers.js';
 
-const EDU2 = '0000:00:12.0';
 const CASES = ['stock-6.1-intel', 'stock-6.12-intel', 'iommufd-6.12-intel'];
 const LIMIT = 1n << 28n; // edu's DMA mask
 const LIVENESS = 0x04; // edu: a write stores its complement
@@ -36,9 +35,7 @@ test(`edu A writes X into edu B's register 0x04 by DMA through B's BAR mapping; 
     const x = randomInt(0x10000000, 0x7fffffff);
     barB.write32(LIVENESS, 0);
     assert.equal(barB.read32(LIVENESS), 0xffffffff, 'edu B answers its register');
-    ram.bytes.writeUInt32LE(x, 0);
-    await eduDma(barA, ramMap.iova, EDU_BUFFER, 4, false);
-    await eduDma(barA, EDU_BUFFER, peer.iova + BigInt(LIVENESS), 4, true);
+    await eduDmaToPeer(barA, ram, ramMap.iova, peer.iova + BigInt(LIVENESS), x);
     assert.equal(barB.read32(LIVENESS), ~x >>> 0, `B holds ~X: A's DMA wrote 0x${x.toString(16)} into B's register`);
 
     // closing B takes the mapping of its BAR out of A's context first: the same IOVA maps RAM again

@@ -10,6 +10,8 @@ export const CLI = path.join(ROOT, 'bin/vfio-bind.js');
 export const CASE = process.env.VM_CASE ?? '';
 export const EDU = '0000:00:10.0';
 export const TESTDEV = '0000:00:11.0';
+/** the second edu of the DMA cases (testbed/matrix.sh's EDU2; the bench's guest has it too) */
+export const EDU2 = '0000:00:12.0';
 
 export const isStock = CASE.startsWith('stock-');
 export const inGuest = CASE !== '' && fs.existsSync('/vmrun');
@@ -337,6 +339,17 @@ export async function until(what: string, check: () => boolean, timeoutMs = 30_0
 
 /** edu's DMA buffer inside the device (QEMU hw/misc/edu.c), the other end of every edu DMA */
 export const EDU_BUFFER = 0x40000n;
+
+/**
+ * Peer-to-peer through edu A's DMA engine: x from RAM (ram, mapped at ramIova) into A's buffer, then
+ * from there to peerIova, where A's context maps edu B's BAR. A's bus mastering and B's memory decoding
+ * are the caller's to turn on.
+ */
+export async function eduDmaToPeer(barA: RegionMapping, ram: { bytes: Buffer }, ramIova: bigint, peerIova: bigint, x: number): Promise<void> {
+  ram.bytes.writeUInt32LE(x, 0);
+  await eduDma(barA, ramIova, EDU_BUFFER, 4, false);
+  await eduDma(barA, EDU_BUFFER, peerIova, 4, true);
+}
 
 /** One edu DMA (RAM -> edu, or edu -> RAM with toRam), waited for on edu's command register (up to 10 s). */
 export async function eduDma(bar: RegionMapping, src: bigint, dst: bigint, count: number, toRam: boolean): Promise<void> {

@@ -6,7 +6,7 @@ import { test } from './case-test.js';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { CASE, CLI, EDU, hostCommand, json, qmpEvents, runCli, until, WorkerProcess } from './helpers.js';
+import { CASE, CLI, EDU, EDU2, hostCommand, json, qmpEvents, runCli, until, WorkerProcess } from './helpers.js';
 import type { Counts } from './counts.js';
 
 const UNBIND_CASES = ['stock-6.1-intel', 'stock-6.12-intel', 'iommufd-6.12-intel'];
@@ -111,7 +111,6 @@ for (const route of routesHere) {
   }
 }
 
-const EDU2 = '0000:00:12.0';
 test('a context shared by two edus survives the release of one of them, for the other', { skip: CASE !== 'iommufd-6.12-intel' && 'iommufd-6.12-intel only' }, async () => {
   const w = await WorkerProcess.start('request-worker.js', { name: 'shared-context holder' });
   try {
