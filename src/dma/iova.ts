@@ -61,10 +61,9 @@ export class IovaAllocator {
   }
 
   free(iova: bigint): void {
-    const key = iova;
-    const size = this.sizes.get(key);
+    const size = this.sizes.get(iova);
     if (size === undefined) return;
-    this.sizes.delete(key);
+    this.sizes.delete(iova);
     this.cut(iova, iova + size);
   }
 
