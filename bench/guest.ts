@@ -11,7 +11,7 @@ import { silentLogger } from '../src/log.js';
 import { StepCalls } from '../src/sys/calls.js';
 import { loadAddon, NativeKernel } from '../src/sys/native-kernel.js';
 import { IOMMU, IOMMU_IOAS_MAP_FLAG, iommu_ioas_map, iommu_ioas_unmap } from '../src/uapi/iommufd.js';
-import { encode, encodeEach } from '../src/uapi/struct.js';
+import { encode } from '../src/uapi/struct.js';
 import { VFIO, VFIO_DMA_MAP_FLAG, vfio_device_info, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap } from '../src/uapi/vfio.js';
 import { EDU2, eduDmaToPeer } from '../test/vm/helpers.js';
 import { bindSyscalls } from './bind-syscalls.js';
@@ -197,33 +197,48 @@ function warmUp(chunk: number, mode: DmaMode, total: number): void {
 }
 
 /**
+ * The raw map and unmap requests of a route, as C issues them: a map record of (vaddr, iova) and an
+ * unmap record of iova, for `size` bytes each, and where those fields lie in them.
+ */
+function rawRequests(route: 'iommufd' | 'legacy', ioas_id: number, size: bigint) {
+  const F = IOMMU_IOAS_MAP_FLAG;
+  return route === 'iommufd'
+    ? {
+        map: IOMMU.IOAS_MAP, vaddrAt: iommu_ioas_map.fields.user_va[1], mapIovaAt: iommu_ioas_map.fields.iova[1],
+        mapRecord: (vaddr: bigint, iova: bigint) => encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags: F.FIXED_IOVA | F.READABLE | F.WRITEABLE, ioas_id, user_va: vaddr, length: size, iova }),
+        unmap: IOMMU.IOAS_UNMAP, unmapIovaAt: iommu_ioas_unmap.fields.iova[1],
+        unmapRecord: (iova: bigint) => encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id, iova, length: size }),
+      }
+    : {
+        map: VFIO.IOMMU_MAP_DMA, vaddrAt: vfio_iommu_type1_dma_map.fields.vaddr[1], mapIovaAt: vfio_iommu_type1_dma_map.fields.iova[1],
+        mapRecord: (vaddr: bigint, iova: bigint) => encode(vfio_iommu_type1_dma_map, { argsz: vfio_iommu_type1_dma_map.size, flags: VFIO_DMA_MAP_FLAG.READ | VFIO_DMA_MAP_FLAG.WRITE, vaddr, iova, size }),
+        unmap: VFIO.IOMMU_UNMAP_DMA, unmapIovaAt: vfio_iommu_type1_dma_unmap.fields.iova[1],
+        unmapRecord: (iova: bigint) => encode(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, iova, size }),
+      };
+}
+
+/**
  * The map and unmap ioctls of each buffer through the addon with the least JavaScript that can issue
  * them: one buffer per request, built before the clock starts, and only the changing fields stored in
  * place (DataView) in the loop.
  */
 function rawRound(ctx: { fd: number; ioasIdOrNull?: number | null }, route: 'iommufd' | 'legacy', buffers: DmaBuffer[], chunk: number): number {
   const addon = loadAddon();
-  const size = BigInt(chunk);
-  const ioas_id = ctx.ioasIdOrNull ?? 0;
-  const F = IOMMU_IOAS_MAP_FLAG;
   const fd = ctx.fd;
-  const [mapRequest, mapArg, vaddrAt, mapIovaAt] = route === 'iommufd'
-    ? [IOMMU.IOAS_MAP, encode(iommu_ioas_map, { size: iommu_ioas_map.size, flags: F.FIXED_IOVA | F.READABLE | F.WRITEABLE, ioas_id, length: size }), iommu_ioas_map.fields.user_va[1], iommu_ioas_map.fields.iova[1]]
-    : [VFIO.IOMMU_MAP_DMA, encode(vfio_iommu_type1_dma_map, { argsz: vfio_iommu_type1_dma_map.size, flags: VFIO_DMA_MAP_FLAG.READ | VFIO_DMA_MAP_FLAG.WRITE, size }), vfio_iommu_type1_dma_map.fields.vaddr[1], vfio_iommu_type1_dma_map.fields.iova[1]];
-  const [unmapRequest, unmapArg, unmapIovaAt] = route === 'iommufd'
-    ? [IOMMU.IOAS_UNMAP, encode(iommu_ioas_unmap, { size: iommu_ioas_unmap.size, ioas_id, length: size }), iommu_ioas_unmap.fields.iova[1]]
-    : [VFIO.IOMMU_UNMAP_DMA, encode(vfio_iommu_type1_dma_unmap, { argsz: vfio_iommu_type1_dma_unmap.size, size }), vfio_iommu_type1_dma_unmap.fields.iova[1]];
+  const r = rawRequests(route, ctx.ioasIdOrNull ?? 0, BigInt(chunk));
+  const mapArg = r.mapRecord(0n, 0n);
+  const unmapArg = r.unmapRecord(0n);
   const mapView = new DataView(mapArg.buffer, mapArg.byteOffset, mapArg.byteLength);
   const unmapView = new DataView(unmapArg.buffer, unmapArg.byteOffset, unmapArg.byteLength);
   return timeNs(() => {
     for (let i = 0; i < buffers.length; i++) {
-      mapView.setBigUint64(vaddrAt, buffers[i]!.address, true);
-      mapView.setBigUint64(mapIovaAt, DMA_IOVA + BigInt(i * chunk), true);
-      addon.ioctl(fd, mapRequest, mapArg);
+      mapView.setBigUint64(r.vaddrAt, buffers[i]!.address, true);
+      mapView.setBigUint64(r.mapIovaAt, DMA_IOVA + BigInt(i * chunk), true);
+      addon.ioctl(fd, r.map, mapArg);
     }
     for (let i = 0; i < buffers.length; i++) {
-      unmapView.setBigUint64(unmapIovaAt, DMA_IOVA + BigInt(i * chunk), true);
-      addon.ioctl(fd, unmapRequest, unmapArg);
+      unmapView.setBigUint64(r.unmapIovaAt, DMA_IOVA + BigInt(i * chunk), true);
+      addon.ioctl(fd, r.unmap, unmapArg);
     }
   });
 }
@@ -231,19 +246,13 @@ function rawRound(ctx: { fd: number; ioasIdOrNull?: number | null }, route: 'iom
 /** The same ioctls as rawRound, every map in one addon call and every unmap in another. */
 function eachRound(ctx: { fd: number; ioasIdOrNull?: number | null }, route: 'iommufd' | 'legacy', buffers: DmaBuffer[], chunk: number): number {
   const addon = loadAddon();
-  const size = BigInt(chunk);
-  const ioas_id = ctx.ioasIdOrNull ?? 0;
-  const F = IOMMU_IOAS_MAP_FLAG;
+  const r = rawRequests(route, ctx.ioasIdOrNull ?? 0, BigInt(chunk));
   const iova = (i: number): bigint => DMA_IOVA + BigInt(i * chunk);
-  const [mapRequest, maps, mapStride] = route === 'iommufd'
-    ? [IOMMU.IOAS_MAP, encodeEach(iommu_ioas_map, buffers.map((b, i) => ({ size: iommu_ioas_map.size, flags: F.FIXED_IOVA | F.READABLE | F.WRITEABLE, ioas_id, user_va: b.address, length: size, iova: iova(i) }))), iommu_ioas_map.size]
-    : [VFIO.IOMMU_MAP_DMA, encodeEach(vfio_iommu_type1_dma_map, buffers.map((b, i) => ({ argsz: vfio_iommu_type1_dma_map.size, flags: VFIO_DMA_MAP_FLAG.READ | VFIO_DMA_MAP_FLAG.WRITE, vaddr: b.address, iova: iova(i), size }))), vfio_iommu_type1_dma_map.size];
-  const [unmapRequest, unmaps, unmapStride] = route === 'iommufd'
-    ? [IOMMU.IOAS_UNMAP, encodeEach(iommu_ioas_unmap, buffers.map((_, i) => ({ size: iommu_ioas_unmap.size, ioas_id, iova: iova(i), length: size }))), iommu_ioas_unmap.size]
-    : [VFIO.IOMMU_UNMAP_DMA, encodeEach(vfio_iommu_type1_dma_unmap, buffers.map((_, i) => ({ argsz: vfio_iommu_type1_dma_unmap.size, iova: iova(i), size }))), vfio_iommu_type1_dma_unmap.size];
+  const maps = Buffer.concat(buffers.map((b, i) => r.mapRecord(b.address, iova(i))));
+  const unmaps = Buffer.concat(buffers.map((_, i) => r.unmapRecord(iova(i))));
   return timeNs(() => {
-    addon.ioctlEach(ctx.fd, mapRequest, maps, mapStride);
-    addon.ioctlEach(ctx.fd, unmapRequest, unmaps, unmapStride);
+    addon.ioctlEach(ctx.fd, r.map, maps, maps.length / buffers.length);
+    addon.ioctlEach(ctx.fd, r.unmap, unmaps, unmaps.length / buffers.length);
   });
 }
 
@@ -390,8 +399,8 @@ if (wanted('p2p')) {
   try {
     a.setCommand(PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
     b.setCommand(PCI_COMMAND.MEMORY);
-    const barA = a.mapRegion('BAR0');
-    const barB = b.mapRegion('BAR0');
+    using barA = a.mapRegion('BAR0');
+    using barB = b.mapRegion('BAR0');
     const peer = ctx.map(barB, { limit });
     const ramMap = ctx.map(ram, { limit });
     const x = 0x5a17c0de;
@@ -401,7 +410,7 @@ if (wanted('p2p')) {
     ctx.unmap(peer);
     ctx.unmap(ramMap);
     console.log(`peer-to-peer DMA (legacy): edu A wrote 0x${x.toString(16)} into edu B's register 0x04 by DMA, B read 0x${seen.toString(16)}: ${seen === (~x >>> 0) ? 'works (goal met)' : 'WRONG (goal missed)'}`);
-    const same = allocDmaBuffer(barB.size);
+    using same = allocDmaBuffer(barB.size);
     const bar: number[] = [];
     const buf: number[] = [];
     const pair = (memory: typeof barB | DmaBuffer): number => {
@@ -413,10 +422,7 @@ if (wanted('p2p')) {
     for (let round = 0; round < 5; round++) {
       for (let i = 0; i < 100; i++) bar.push(pair(barB)), buf.push(pair(same));
     }
-    same.free();
     console.log(ratioLine(`map+unmap of edu B's ${barB.size >> 20} MiB BAR vs as much RAM (legacy)`, median(bar), median(buf), 'us'));
-    barA.close();
-    barB.close();
   } finally {
     b.close();
     a.close();
@@ -427,7 +433,7 @@ if (wanted('p2p')) {
   const b2 = openDevice(EDU2, { route: 'iommufd' });
   try {
     b2.setCommand(PCI_COMMAND.MEMORY);
-    const bar = b2.mapRegion('BAR0');
+    using bar = b2.mapRegion('BAR0');
     let answer: string;
     try {
       a2.context.unmap(a2.context.map(bar, { limit }));
@@ -436,7 +442,6 @@ if (wanted('p2p')) {
       answer = e instanceof UnsupportedError ? `refused as the kernel does, with an UnsupportedError: ${e.message}` : `WRONG: ${String(e)}`;
     }
     console.log(`peer-to-peer DMA (iommufd): ${answer}`);
-    bar.close();
   } finally {
     b2.close();
     a2.close();

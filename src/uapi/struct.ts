@@ -54,13 +54,6 @@ export function encode<D extends FieldSpecs>(layout: StructLayout<D>, values: En
   return buf;
 }
 
-/** The records of a batch (StepCalls.ioctlEach): one zeroed struct per element, back to back. */
-export function encodeEach<D extends FieldSpecs>(layout: StructLayout<D>, records: readonly Encodable<D>[]): Buffer {
-  const buf = Buffer.alloc(layout.size * records.length);
-  for (let i = 0; i < records.length; i++) encodeAt(buf, layout, records[i]!, i * layout.size);
-  return buf;
-}
-
 function encodeAt<D extends FieldSpecs>(buf: Buffer, layout: StructLayout<D>, values: Encodable<D>, base: number): void {
   // for..in, not Object.entries: no array per call on the path of every ioctl
   for (const name in values) {
